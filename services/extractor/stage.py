@@ -1,0 +1,186 @@
+"""The extraction stage for one patient: N4, pyradiomics for each reader, max slices.
+
+A plain function so the embedded runner, a Celery worker and a test all do the same thing.
+Idempotent: outputs are named by a content key, and a patient whose outputs exist is skipped.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pywt
+import radiomics
+import SimpleITK as sitk
+
+import shared
+from services.extractor import features as rad
+from services.extractor.io import InputError, read_image, read_mask
+from services.extractor.maxslice import max_slice
+from services.extractor.preprocess import n4_correct
+from shared.config import Settings
+from shared.hashing import content_key, file_digest
+from shared.store import StatusRecord, Store
+
+STAGE = "extract"
+# Bump when this stage's code changes its outputs: every cached result is then recomputed.
+CODE_VERSION = "extract-1"
+
+
+def versions() -> dict[str, str]:
+    """Library versions that shape this stage's numbers (stored with every result)."""
+    return {
+        "dtlr": shared.__version__,
+        "pyradiomics": radiomics.__version__,
+        "SimpleITK": sitk.Version.VersionString(),
+        "numpy": np.__version__,
+        "PyWavelets": pywt.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass(frozen=True)
+class PatientPlan:
+    """What the extraction of one patient reads and writes."""
+
+    cohort: str
+    patient_id: str
+    image: str
+    masks: dict[int, str]  # reader -> mask path
+    inputs: dict[str, str]  # file role -> SHA-256
+    keys: dict[int, str]  # reader -> content key of that reader's outputs
+
+    @property
+    def key(self) -> str:
+        return content_key(sorted(self.keys.items()))
+
+
+def stage_parameters(settings: Settings) -> dict[str, Any]:
+    """Everything in the settings that changes this stage's outputs (part of the key)."""
+    params_path = settings.radiomics.params_path()
+    return {
+        "preprocess": settings.preprocess.model_dump(mode="json"),
+        "radiomics_params": rad.load_params(params_path),
+        "maxslice": settings.maxslice.model_dump(mode="json"),
+        "code": CODE_VERSION,
+        "versions": {k: v for k, v in versions().items() if k != "python"},
+    }
+
+
+def plan_patient(row: dict[str, Any], settings: Settings) -> PatientPlan:
+    """Hash the patient's files and derive output keys; raises InputError for missing files."""
+    masks = {1: row["mask"]}
+    if settings.radiomics.reader2 and row.get("mask_reader2"):
+        masks[2] = row["mask_reader2"]
+    inputs = {}
+    files = [("image", row["image"])] + [(f"mask_reader{r}", p) for r, p in masks.items()]
+    for role, path in files:
+        if not Path(path).exists():
+            raise InputError(f"{role} {path}: file not found; fix the path in the manifest or "
+                             "restore the file, then re-submit")
+        inputs[role] = file_digest(path)
+    params = stage_parameters(settings)
+    keys = {r: content_key(inputs["image"], inputs[f"mask_reader{r}"], params) for r in masks}
+    return PatientPlan(row["cohort"], row["patient_id"], row["image"], masks, inputs, keys)
+
+
+def outputs(store: Store, plan: PatientPlan) -> list[Path]:
+    """Every file this patient's extraction writes."""
+    paths = []
+    for reader, key in plan.keys.items():
+        paths.append(store.radiomics_path(plan.cohort, reader, plan.patient_id, key))
+        paths.append(store.maxslice_path(plan.cohort, reader, plan.patient_id, key))
+    return paths
+
+
+def is_done(store: Store, plan: PatientPlan) -> bool:
+    """True when every output exists and the status record says done under the same key."""
+    status = store.read_status(plan.cohort, plan.patient_id, STAGE)
+    return (status is not None and status.state == "done" and status.key == plan.key
+            and all(p.is_file() for p in outputs(store, plan)))
+
+
+def _record(row: dict[str, Any], state: str, message: str, seconds: float,
+            plan: PatientPlan | None) -> StatusRecord:
+    return StatusRecord(
+        cohort=row["cohort"], patient_id=row["patient_id"], stage=STAGE, state=state,
+        message=message, seconds=round(seconds, 3), key=plan.key if plan else "",
+        versions=versions(), inputs=plan.inputs if plan else {},
+        worker=socket.gethostname(), finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def extract_patient(store: Store, row: dict[str, Any], settings: Settings) -> StatusRecord:
+    """Run (or skip) one patient's extraction and record its status; never raises on bad input."""
+    t0 = time.perf_counter()
+    plan = None
+    try:
+        plan = plan_patient(row, settings)
+        if is_done(store, plan):
+            status = store.read_status(plan.cohort, plan.patient_id, STAGE)
+            assert status is not None
+            return status
+        _run(store, plan, settings)
+    except InputError as exc:
+        record = _record(row, "failed", f"patient {row['patient_id']}: {exc}",
+                         time.perf_counter() - t0, plan)
+    except Exception as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        record = _record(row, "failed", f"patient {row['patient_id']}: unexpected "
+                         f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:"
+                         f"{where.lineno}); please report it with this message",
+                         time.perf_counter() - t0, plan)
+    else:
+        record = _record(row, "done", "", time.perf_counter() - t0, plan)
+    store.write_status(record)
+    return record
+
+
+def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
+    """The work itself: read, correct, then features and max slice per reader."""
+    extractor = rad.make_extractor(settings.radiomics.params_path())
+    label = rad.mask_label(extractor)
+    image = read_image(plan.image)
+    if image.GetDimension() != 3:
+        raise InputError(f"image {plan.image} is {image.GetDimension()}-D; DTLR needs 3-D volumes")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"image {plan.image} has several components per voxel; give one "
+                         "grey-level MR volume")
+    if settings.preprocess.n4:
+        try:
+            image, _ = n4_correct(image, settings.preprocess)
+        except InputError as exc:
+            raise InputError(f"image {plan.image}: {exc}") from exc
+    for reader, mask_path in plan.masks.items():
+        try:
+            mask = read_mask(mask_path, image, label)
+            values, diagnostics = rad.extract(extractor, image, mask)
+            resampled, resampled_mask = rad.resample_like_pyradiomics(
+                extractor, image, mask, settings.maxslice.margin_mm)
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"mask {mask_path} (reader {reader}): {exc}; check that the mask "
+                             "covers the tumour and matches the image's geometry") from exc
+        ms = max_slice(resampled, resampled_mask, settings.maxslice.size,
+                       settings.maxslice.margin_mm, label=label)
+        key = plan.keys[reader]
+        meta = {
+            "key": key, "inputs": plan.inputs, "versions": versions(),
+            "params": str(settings.radiomics.params_path()),
+            "max_slice_index": ms.slice_index,
+            "diagnostics": {k: str(v) for k, v in diagnostics.items()
+                            if "Hash" in k or "Mask-" in k or "Image-original" in k},
+        }
+        table = pa.table({"cohort": [plan.cohort], "patient_id": [plan.patient_id],
+                          "reader": pa.array([reader], pa.int32()),
+                          **{name: [v] for name, v in values.items()}})
+        store.write_array(ms.array, store.maxslice_path(plan.cohort, reader, plan.patient_id, key))
+        store.write_table(table, store.radiomics_path(plan.cohort, reader, plan.patient_id, key),
+                          meta)

@@ -1,0 +1,133 @@
+"""One validated settings file (YAML) with the paper's values as defaults.
+
+The radiomics part is a pyradiomics parameter file (``radiomics.params``), the format
+radiomics users already know; everything else is a section below. Load with
+:func:`load_settings`; unknown keys are refused so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PARAMS_DIR = resources.files("shared") / "params"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessSettings(_Section):
+    """N4 bias-field correction (N4ITK as 3D Slicer runs it, the paper's tool)."""
+
+    n4: bool = True
+    # Shrink factor for the finest axis; coarser axes shrink proportionally less, so 5 mm slices
+    # are not shrunk. Chosen by measurement: benchmarks/RESULTS.md, "N4 shrink factor".
+    n4_shrink_factor: int = Field(8, ge=1, le=16)
+    n4_iterations: tuple[int, ...] = (50, 40, 30)
+    n4_convergence_threshold: float = 1e-4
+    n4_spline_order: int = 3
+    n4_control_points: int = Field(4, ge=4)
+
+
+class RadiomicsSettings(_Section):
+    """pyradiomics parameter file: a shipped name ("paper") or a path to a YAML file."""
+
+    params: str = "paper"
+    reader2: bool = True
+
+    def params_path(self) -> Path:
+        """The parameter file this setting names."""
+        shipped = PARAMS_DIR / f"{self.params}.yaml"
+        if shipped.is_file():
+            return Path(str(shipped))
+        path = Path(self.params).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"radiomics parameter file {self.params!r} not found: give a path to a pyradiomics "
+                f"YAML file or one of the shipped names: {', '.join(shipped_params())}"
+            )
+        return path.resolve()
+
+
+class MaxSliceSettings(_Section):
+    """The 2D input of the CNN: the axial slice with the largest ROI area."""
+
+    size: int = Field(224, ge=16)
+    margin_mm: float = Field(10.0, ge=0)
+
+
+class CNNSettings(_Section):
+    """ResNet50 fine-tuning; ``profile`` picks paper settings on CUDA and a quick one on CPU."""
+
+    profile: Literal["auto", "paper", "quick"] = "auto"
+    weights: str = "imagenet"  # "imagenet" (torchvision cache), "random", or a path
+    protocol: Literal["leakage-safe", "paper"] = "leakage-safe"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    dropout: float = Field(0.5, ge=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    image_size: int | None = None
+
+
+class ModelerSettings(_Section):
+    """Feature selection and models (DESIGN.md section 1)."""
+
+    icc_form: Literal["ICC1", "ICC2", "ICC3"] = "ICC2"
+    icc_threshold: float = Field(0.8, ge=0, le=1)
+    spearman_threshold: float = Field(0.9, gt=0, le=1)
+    lasso_cv_folds: int = Field(10, ge=2)
+    clinical_p_threshold: float = Field(0.05, gt=0, lt=1)
+
+
+class Settings(_Section):
+    """All of DTLR's settings."""
+
+    seed: int = 2025
+    preprocess: PreprocessSettings = PreprocessSettings()
+    radiomics: RadiomicsSettings = RadiomicsSettings()
+    maxslice: MaxSliceSettings = MaxSliceSettings()
+    cnn: CNNSettings = CNNSettings()
+    modeler: ModelerSettings = ModelerSettings()
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**32:
+            raise ValueError("seed must be in [0, 2**32)")
+        return v
+
+
+class SettingsError(ValueError):
+    """A settings file that cannot be used; the message says which key and why."""
+
+
+def shipped_params() -> list[str]:
+    """Names of the pyradiomics parameter files that ship with DTLR."""
+    return sorted(p.name.removesuffix(".yaml") for p in PARAMS_DIR.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Settings from a YAML file (missing keys take the paper's defaults), or the defaults."""
+    if path is None:
+        return Settings()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"settings file {path}: {problems}") from exc

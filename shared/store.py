@@ -1,0 +1,302 @@
+"""The feature store: one folder of Parquet/NumPy/JSON files plus a DuckDB catalog of views.
+
+Workers only ever write whole files (temp file, then atomic rename) under the store's folder;
+only the coordinator and the modeler open ``catalog.duckdb`` for writing, and only to (re)define
+views. Layout (DESIGN.md section 3)::
+
+    cohorts/<cohort>/manifest.parquet
+    features/radiomics/cohort=<c>/reader=<r>/<patient>.<key>.parquet
+    features/maxslice/cohort=<c>/reader=<r>/<patient>.<key>.npy
+    features/dtl/cohort=<c>/model=<m>/<patient>.<key>.parquet
+    status/cohort=<c>/<patient>.<stage>.json
+    models/<model_id>/        runs/<run_id>/        catalog.duckdb
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.hashing import content_key
+
+KEY_LENGTH = 16
+ID_COLUMNS = ("cohort", "patient_id", "reader")
+_KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
+
+
+class StoreError(RuntimeError):
+    """A problem with the store itself (missing catalog, write attempted through dtlr-sql...)."""
+
+
+def default_root() -> Path:
+    """The store folder: ``$DTLR_HOME`` or ``./dtlr-data``."""
+    return Path(os.environ.get("DTLR_HOME", "dtlr-data")).resolve()
+
+
+@dataclass
+class StatusRecord:
+    """What happened to one patient in one stage: kept as JSON so any tool can read it."""
+
+    cohort: str
+    patient_id: str
+    stage: str
+    state: str  # "done" | "failed"
+    message: str = ""
+    seconds: float = 0.0
+    key: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    worker: str = ""
+    finished_at: str = ""
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def split_keyed_name(name: str, suffix: str) -> tuple[str, str] | None:
+    """``'P01.<key>.parquet'`` -> ``('P01', key)``; None for names not written by the store."""
+    if not name.endswith(suffix):
+        return None
+    stem = name[: -len(suffix)]
+    patient, _, key = stem.rpartition(".")
+    if not patient or not _KEY_RE.match(key):
+        return None
+    return patient, key
+
+
+class Store:
+    """Paths, atomic writers and the DuckDB catalog of one store folder."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).resolve() if root is not None else default_root()
+
+    # ---- layout -------------------------------------------------------------------------
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    def cohort_dir(self, cohort: str) -> Path:
+        return self.root / "cohorts" / cohort
+
+    def manifest_path(self, cohort: str) -> Path:
+        return self.cohort_dir(cohort) / "manifest.parquet"
+
+    def radiomics_dir(self, cohort: str, reader: int) -> Path:
+        return self.root / "features" / "radiomics" / f"cohort={cohort}" / f"reader={reader}"
+
+    def radiomics_path(self, cohort: str, reader: int, patient_id: str, key: str) -> Path:
+        return self.radiomics_dir(cohort, reader) / f"{patient_id}.{key}.parquet"
+
+    def maxslice_dir(self, cohort: str, reader: int) -> Path:
+        return self.root / "features" / "maxslice" / f"cohort={cohort}" / f"reader={reader}"
+
+    def maxslice_path(self, cohort: str, reader: int, patient_id: str, key: str) -> Path:
+        return self.maxslice_dir(cohort, reader) / f"{patient_id}.{key}.npy"
+
+    def dtl_dir(self, cohort: str, model_id: str) -> Path:
+        return self.root / "features" / "dtl" / f"cohort={cohort}" / f"model={model_id}"
+
+    def dtl_path(self, cohort: str, model_id: str, patient_id: str, key: str) -> Path:
+        return self.dtl_dir(cohort, model_id) / f"{patient_id}.{key}.parquet"
+
+    def status_dir(self, cohort: str) -> Path:
+        return self.root / "status" / f"cohort={cohort}"
+
+    def status_path(self, cohort: str, patient_id: str, stage: str) -> Path:
+        return self.status_dir(cohort) / f"{patient_id}.{stage}.json"
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / model_id
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    # ---- cohorts ------------------------------------------------------------------------
+    def cohorts(self) -> list[str]:
+        """Names of the registered cohorts."""
+        base = self.root / "cohorts"
+        if not base.is_dir():
+            return []
+        return sorted(p.parent.name for p in base.glob("*/manifest.parquet"))
+
+    def has_cohort(self, cohort: str) -> bool:
+        return self.manifest_path(cohort).is_file()
+
+    # ---- keyed files --------------------------------------------------------------------
+    @staticmethod
+    def keyed_files(directory: Path, suffix: str) -> Iterator[tuple[str, str, Path]]:
+        """(patient_id, key, path) for every store-written file in a folder."""
+        if not directory.is_dir():
+            return
+        for p in directory.iterdir():
+            parsed = split_keyed_name(p.name, suffix)
+            if parsed:
+                yield parsed[0], parsed[1], p
+
+    @staticmethod
+    def _drop_superseded(path: Path, suffix: str) -> None:
+        """Remove the same patient's files under other keys, so a view has one row per patient."""
+        parsed = split_keyed_name(path.name, suffix)
+        if parsed is None:
+            return
+        patient, key = parsed
+        for other_patient, other_key, other in Store.keyed_files(path.parent, suffix):
+            if other_patient == patient and other_key != key:
+                other.unlink(missing_ok=True)
+
+    def write_table(self, table: pa.Table, path: Path, metadata: dict[str, Any]) -> None:
+        """Write one Parquet file atomically with provenance in its key-value metadata."""
+        meta = dict(table.schema.metadata or {})
+        meta[b"dtlr"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+        _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self._drop_superseded(path, ".parquet")
+
+    def write_array(self, array: np.ndarray, path: Path) -> None:
+        """Write one .npy atomically."""
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+
+        _atomic_write(path, write)
+        self._drop_superseded(path, ".npy")
+
+    @staticmethod
+    def read_metadata(path: Path) -> dict[str, Any]:
+        """The provenance dictionary written by :meth:`write_table`."""
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta.get(b"dtlr", b"{}"))
+
+    @staticmethod
+    def write_json(obj: Any, path: Path) -> None:
+        """Write a JSON document atomically."""
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+        _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+    # ---- status -------------------------------------------------------------------------
+    def write_status(self, record: StatusRecord) -> None:
+        path = self.status_path(record.cohort, record.patient_id, record.stage)
+        self.write_json(asdict(record), path)
+
+    def read_status(self, cohort: str, patient_id: str, stage: str) -> StatusRecord | None:
+        path = self.status_path(cohort, patient_id, stage)
+        if not path.is_file():
+            return None
+        return StatusRecord(**json.loads(path.read_text()))
+
+    def statuses(self, cohort: str) -> list[StatusRecord]:
+        """Every status record of a cohort."""
+        d = self.status_dir(cohort)
+        if not d.is_dir():
+            return []
+        return [StatusRecord(**json.loads(p.read_text())) for p in sorted(d.glob("*.json"))]
+
+    # ---- catalog ------------------------------------------------------------------------
+    def _view_sql(self) -> dict[str, str]:
+        """The catalog's view definitions; families without files get typed empty views."""
+        r = self.root.as_posix()
+
+        def parquet(glob: str, empty: str) -> str:
+            if any(self.root.glob(glob)):
+                return f"SELECT * FROM read_parquet('{r}/{glob}', union_by_name = true)"
+            return f"SELECT {empty} WHERE false"
+
+        ids = "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS reader"
+        views = {
+            "radiomics": parquet("features/radiomics/*/*/*.parquet", ids),
+            "dtl": parquet("features/dtl/*/*/*.parquet", ids + ", NULL::VARCHAR AS model_id"),
+            "manifest": parquet(
+                "cohorts/*/manifest.parquet",
+                "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS label",
+            ),
+            "metrics": parquet(
+                "runs/*/metrics.parquet",
+                "NULL::VARCHAR AS run_id, NULL::VARCHAR AS model, NULL::VARCHAR AS cohort, "
+                "NULL::VARCHAR AS metric, NULL::DOUBLE AS value",
+            ),
+        }
+        views["clinical"] = (
+            "SELECT * EXCLUDE (image, mask, mask_reader2) FROM manifest"
+            if any(self.root.glob("cohorts/*/manifest.parquet"))
+            else views["manifest"]
+        )
+        if any(self.root.glob("status/*/*.json")):
+            views["status"] = (
+                "SELECT cohort, patient_id, stage, state, message, seconds, key, finished_at, "
+                f"worker, versions, inputs FROM read_json('{r}/status/*/*.json', "
+                "union_by_name = true, format = 'auto')"
+            )
+        else:
+            views["status"] = (
+                "SELECT NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, "
+                "NULL::VARCHAR AS stage, NULL::VARCHAR AS state, NULL::VARCHAR AS message "
+                "WHERE false"
+            )
+        long_parts = []
+        for family, view, extra in (("radiomics", "radiomics", ""), ("dtl", "dtl", ", model_id")):
+            if views[view].startswith("SELECT * FROM read_parquet"):
+                long_parts.append(
+                    f"SELECT cohort, patient_id, '{family}' AS family, feature, value FROM "
+                    f"(UNPIVOT (SELECT * FROM {view} WHERE reader = 1) "
+                    f"ON COLUMNS(* EXCLUDE (cohort, patient_id, reader{extra})) "
+                    "INTO NAME feature VALUE value)"
+                )
+        views["features_long"] = " UNION ALL ".join(long_parts) or (
+            "SELECT NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::VARCHAR AS family, "
+            "NULL::VARCHAR AS feature, NULL::DOUBLE AS value WHERE false"
+        )
+        return views
+
+    def refresh_catalog(self) -> bool:
+        """(Re)define the views if they changed; returns whether the catalog file was written."""
+        wanted = self._view_sql()
+        if self.catalog_path.is_file():
+            with duckdb.connect(str(self.catalog_path), read_only=True) as con:
+                have = dict(
+                    con.execute(
+                        "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal"
+                    ).fetchall()
+                )
+            if have == {name: content_key(sql) for name, sql in wanted.items()}:
+                return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(str(self.catalog_path)) as con:
+            # Order matters: clinical and features_long read other views.
+            for name in ("manifest", "radiomics", "dtl", "metrics", "status", "clinical",
+                         "features_long"):
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS {wanted[name]}")
+                # The comment remembers the definition, so an unchanged catalog is never rewritten.
+                con.execute(f"COMMENT ON VIEW {name} IS '{content_key(wanted[name])}'")
+        return True
+
+    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection on the catalog (refreshing it first when opened for writing)."""
+        if not read_only:
+            self.refresh_catalog()
+        if not self.catalog_path.is_file():
+            raise StoreError(
+                f"no catalog at {self.catalog_path}: run `dtlr-submit` or `dtlr cohort add` first, "
+                "or point DTLR_HOME at an existing store"
+            )
+        return duckdb.connect(str(self.catalog_path), read_only=read_only)
+
