@@ -1,0 +1,64 @@
+"""``dtlr-extract``: one case, the way the pyradiomics command line does it (plus N4)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from services.extractor import features as rad
+from services.extractor.io import InputError, read_image, read_mask
+from services.extractor.preprocess import n4_correct
+from shared.config import PreprocessSettings, RadiomicsSettings
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--image", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Image file or DICOM series folder.")
+@click.option("--mask", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Label map (same formats).")
+@click.option("--label", type=int, default=None,
+              help="Label value of the ROI (overrides the parameter file's 'label').")
+@click.option("--params", default="paper", show_default=True,
+              help="pyradiomics parameter file (YAML), or a shipped name.")
+@click.option("--n4/--no-n4", default=True, show_default=True,
+              help="N4 bias-field correction before extraction.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write .csv or .parquet (default: CSV on standard output).")
+def extract(image: Path, mask: Path, label: int | None, params: str, n4: bool,
+            out: Path | None) -> None:
+    """Extract radiomics features for one IMAGE and MASK.
+
+    Resampling, filters and feature classes come from the parameter file, as in pyradiomics;
+    the output has one row and one column per feature, named as pyradiomics names them
+    (e.g. original_glcm_Autocorrelation).
+    """
+    try:
+        params_path = RadiomicsSettings(params=params).params_path()
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--params") from exc
+    config = rad.load_params(params_path)
+    if label is not None:
+        config.setdefault("setting", {})["label"] = label
+    try:
+        extractor = rad.make_extractor(config)
+        img = read_image(image)
+        if n4:
+            img, _ = n4_correct(img, PreprocessSettings())
+        roi = read_mask(mask, img, rad.mask_label(extractor))
+        values, _ = rad.extract(extractor, img, roi)
+    except (InputError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"{image} / {mask}: {exc}") from exc
+    row = pd.DataFrame([{"Image": str(image), "Mask": str(mask), **values}])
+    if out is None:
+        row.to_csv(sys.stdout, index=False)
+    elif out.suffix.lower() == ".parquet":
+        row.to_parquet(out, index=False)
+    else:
+        row.to_csv(out, index=False)
+    if out is not None:
+        click.echo(f"{len(values)} features -> {out}", err=True)
+
+

@@ -1,0 +1,29 @@
+"""Statistics for the modeler: DeLong ROC, decision curves, Hosmer-Lemeshow, threshold metrics."""
+
+from services.modeler.stats.dca import decision_curve, risk_from_score
+from services.modeler.stats.delong import (
+    DelongPlacements,
+    DelongTest,
+    RocAuc,
+    delong_placements,
+    delong_test,
+    roc_auc_delong,
+)
+from services.modeler.stats.hosmer_lemeshow import HosmerLemeshow, hosmer_lemeshow
+from services.modeler.stats.metrics import Estimate, binary_metrics, youden_threshold
+
+__all__ = [
+    "DelongPlacements",
+    "DelongTest",
+    "Estimate",
+    "HosmerLemeshow",
+    "RocAuc",
+    "binary_metrics",
+    "decision_curve",
+    "delong_placements",
+    "delong_test",
+    "hosmer_lemeshow",
+    "risk_from_score",
+    "roc_auc_delong",
+    "youden_threshold",
+]

@@ -1,0 +1,1 @@
+"""Command-line entry points; each command only adapts the plain functions it calls."""

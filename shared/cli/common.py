@@ -1,0 +1,41 @@
+"""Options and helpers every DTLR command shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from shared.config import Settings, SettingsError, load_settings
+from shared.store import Store
+
+console = Console(stderr=True, highlight=False)
+
+
+def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--store PATH`` (default ``$DTLR_HOME`` or ``./dtlr-data``), passed on as a Store."""
+    return click.option(
+        "--store", "store", type=click.Path(file_okay=False, path_type=Path),
+        envvar="DTLR_HOME", default="dtlr-data", show_default=True,
+        callback=lambda _ctx, _param, value: Store(value),
+        help="Feature store folder (or set DTLR_HOME).",
+    )(func)
+
+
+def settings_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE``: the settings YAML (paper defaults when absent)."""
+
+    def load(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Settings:
+        try:
+            return load_settings(value)
+        except SettingsError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return click.option(
+        "--config", "settings", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        envvar="DTLR_CONFIG", callback=load,
+        help="Settings YAML; keys you leave out keep the paper's defaults.",
+    )(func)

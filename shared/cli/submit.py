@@ -1,0 +1,77 @@
+"""``dtlr-submit``: run a cohort through the pipeline and say what happened."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared import pipeline
+from shared.cli.common import console, settings_option, store_option
+from shared.config import Settings
+from shared.store import StatusRecord, Store
+
+
+@contextmanager
+def progress_bar(label: str) -> Any:
+    """A progress bar on stderr; yields (on_plan, on_record) callbacks for a stage."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False,
+                  disable=not console.is_terminal and "DTLR_PROGRESS" not in os.environ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def on_plan(todo: int, skipped: int) -> None:
+            bar.update(task, total=todo,
+                       description=f"{label} ({skipped} already in the store)" if skipped
+                       else label)
+
+        def on_record(record: StatusRecord) -> None:
+            bar.advance(task)
+
+        yield on_plan, on_record
+
+
+def print_summary(summaries: list[pipeline.StageSummary]) -> None:
+    """Per stage: done, skipped, failed with reasons, and time."""
+    table = Table("stage", "done", "skipped (in store)", "failed", "seconds")
+    for s in summaries:
+        table.add_row(s.stage, str(len(s.done)), str(len(s.skipped)),
+                      f"[red]{len(s.failed)}[/red]" if s.failed else "0", f"{s.seconds:.1f}")
+    console.print(table)
+    for s in summaries:
+        for r in sorted(s.failed, key=lambda r: (r.cohort, r.patient_id)):
+            console.print(f"[red]failed[/red] {s.stage} {r.cohort}/{r.patient_id}: {r.message}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cohort", "cohorts", multiple=True, required=True,
+              help="Registered cohort to run (repeatable); 'demo' runs both demo hospitals.")
+@click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default="number of cores", help="Local worker processes.")
+@store_option
+@settings_option
+def submit(cohorts: tuple[str, ...], jobs: int, store: Store, settings: Settings) -> None:
+    """Extract radiomics features and max slices for every patient of the given cohorts.
+
+    Work already in the store is skipped, so re-running resumes. Exits non-zero when any
+    patient failed; the other patients complete.
+    """
+    try:
+        names = pipeline.expand_cohorts(store, cohorts)
+        for name in names:
+            pipeline.manifest.load(store, name)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+    summaries = []
+    with progress_bar("extract") as (on_plan, on_record):
+        summaries.append(pipeline.run_extraction(store, names, settings, jobs,
+                                                 on_record=on_record, on_plan=on_plan))
+    print_summary(summaries)
+    if any(s.failed for s in summaries):
+        sys.exit(1)
+
