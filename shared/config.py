@@ -78,13 +78,21 @@ class CNNSettings(_Section):
 
 
 class ModelerSettings(_Section):
-    """Feature selection and models (DESIGN.md section 1)."""
+    """Feature selection, models and evaluation (DESIGN.md section 1; services/modeler)."""
 
+    # Inter-reader ICC: ICC2 = ICC(2,1) two-way random, absolute agreement, single rater (Koo &
+    # Li 2016 for inter-rater reliability); ICC1 = one-way random; ICC3 = two-way mixed, consistency.
     icc_form: Literal["ICC1", "ICC2", "ICC3"] = "ICC2"
     icc_threshold: float = Field(0.8, ge=0, le=1)
     spearman_threshold: float = Field(0.9, gt=0, le=1)
     lasso_cv_folds: int = Field(10, ge=2)
+    lasso_alphas: int = Field(100, ge=5)  # lambdas on the LASSO path
     clinical_p_threshold: float = Field(0.05, gt=0, lt=1)
+    svm_kernel: Literal["rbf", "linear"] = "rbf"
+    svm_c: float = Field(1.0, gt=0)
+    platt_cv_folds: int = Field(5, ge=2)  # folds for the SVMs' Platt-scaled probabilities
+    hosmer_lemeshow_groups: int = Field(10, ge=3)
+    calibration_bins: int = Field(10, ge=2)
 
 
 class Settings(_Section):
