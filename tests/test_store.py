@@ -1,0 +1,96 @@
+"""The store: atomic keyed files, one row per patient, a catalog rewritten only on change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from shared.cli.sql import sql
+from shared.store import StatusRecord, Store, split_keyed_name
+
+KEY_A, KEY_B = "a" * 16, "b" * 16
+
+
+def row(pid: str, value: float) -> pa.Table:
+    return pa.table({"cohort": ["c"], "patient_id": [pid], "reader": pa.array([1], pa.int32()),
+                     "original_firstorder_Mean": [value]})
+
+
+def test_keyed_names_parse_even_with_dots() -> None:
+    assert split_keyed_name(f"P.01.{KEY_A}.parquet", ".parquet") == ("P.01", KEY_A)
+    assert split_keyed_name("manifest.parquet", ".parquet") is None
+    assert split_keyed_name(f".P1.{KEY_A}.parquet.tmp-123", ".parquet") is None
+
+
+def test_new_key_supersedes_old_file_of_same_patient(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write_table(row("P1", 1.0), store.radiomics_path("c", 1, "P1", KEY_A), {"key": KEY_A})
+    store.write_table(row("P1.5", 9.0), store.radiomics_path("c", 1, "P1.5", KEY_A), {})
+    store.write_table(row("P1", 2.0), store.radiomics_path("c", 1, "P1", KEY_B), {"key": KEY_B})
+    names = sorted(p.name for p in store.radiomics_dir("c", 1).iterdir())
+    assert names == [f"P1.5.{KEY_A}.parquet", f"P1.{KEY_B}.parquet"]
+    assert Store.read_metadata(store.radiomics_path("c", 1, "P1", KEY_B)) == {"key": KEY_B}
+    store.refresh_catalog()
+    with store.connect() as con:
+        got = con.execute("SELECT patient_id, original_firstorder_Mean FROM radiomics "
+                          "ORDER BY patient_id").fetchall()
+    assert got == [("P1", 2.0), ("P1.5", 9.0)]
+
+
+def test_catalog_is_rewritten_only_when_views_change(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.refresh_catalog() is True
+    mtime = store.catalog_path.stat().st_mtime_ns
+    assert store.refresh_catalog() is False
+    assert store.catalog_path.stat().st_mtime_ns == mtime
+    store.write_table(row("P1", 1.0), store.radiomics_path("c", 1, "P1", KEY_A), {})
+    assert store.refresh_catalog() is True  # the radiomics view now reads files
+    store.write_table(row("P2", 1.0), store.radiomics_path("c", 1, "P2", KEY_A), {})
+    assert store.refresh_catalog() is False  # a new file needs no new view
+
+
+def test_status_view_and_features_long(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write_table(row("P1", 3.5), store.radiomics_path("c", 1, "P1", KEY_A), {})
+    store.write_status(StatusRecord("c", "P1", "extract", "done", seconds=1.5, key=KEY_A))
+    store.write_status(StatusRecord("c", "P2", "extract", "failed", message="no mask"))
+    store.refresh_catalog()
+    with store.connect() as con:
+        assert con.execute("SELECT patient_id, state, message FROM status ORDER BY 1").fetchall() \
+            == [("P1", "done", ""), ("P2", "failed", "no mask")]
+        assert con.execute("SELECT * FROM features_long").fetchall() == [
+            ("c", "P1", "radiomics", "original_firstorder_Mean", 3.5)]
+        assert con.execute("SELECT count(*) FROM dtl").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("query,kind", [
+    ("DROP VIEW radiomics", "DROP"), ("CREATE TABLE t AS SELECT 1", "CREATE"),
+    ("COPY (SELECT 1) TO 'x.csv'", "COPY"), ("ATTACH 'other.db'", "ATTACH"),
+    ("SELECT 1; DELETE FROM radiomics", "DELETE")])
+def test_sql_refuses_anything_but_reading(tmp_path: Path, query: str, kind: str) -> None:
+    store = Store(tmp_path)
+    store.refresh_catalog()
+    result = CliRunner().invoke(sql, [query, "--store", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"dtlr-sql only reads the store: a {kind} statement is refused" in result.output
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_sql_outputs_json_and_csv(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write_table(row("P1", 3.5), store.radiomics_path("c", 1, "P1", KEY_A), {})
+    store.refresh_catalog()
+    q = "SELECT patient_id, original_firstorder_Mean AS m FROM radiomics"
+    out = CliRunner().invoke(sql, [q, "--json", "--store", str(tmp_path)])
+    assert out.exit_code == 0 and out.output.strip() == '[{"patient_id": "P1", "m": 3.5}]'
+    out = CliRunner().invoke(sql, [q, "--csv", "--store", str(tmp_path)])
+    assert out.output.splitlines() == ["patient_id,m", "P1,3.5"]
+
+
+def test_sql_without_a_store_says_how_to_make_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(sql, ["SELECT 1", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "run `dtlr-submit` or `dtlr cohort add` first" in result.output
