@@ -6,19 +6,24 @@ Celery workers (``--broker``); this module decides what to run and reports what 
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import SimpleITK as sitk
+from celery import Celery
 
 from services.extractor.io import InputError
-from services.extractor.stage import extract_patient, is_done, plan_patient
+from services.extractor.stage import PatientPlan, extract_patient, is_done, plan_patient
 from shared import manifest
 from shared.config import Settings
+from shared.distributed import Job, follow
 from shared.store import StatusRecord, Store
 
 DEMO = "demo"
@@ -64,25 +69,36 @@ def expand_cohorts(store: Store, cohorts: Iterable[str]) -> list[str]:
     return out
 
 
+def manifest_rows(store: Store, cohort: str) -> list[dict[str, Any]]:
+    """A cohort's patients as JSON-clean dicts (what a task message carries)."""
+    return json.loads(manifest.load(store, cohort).to_json(orient="records"))
+
+
+Work = list[tuple[dict[str, Any], PatientPlan | None]]
+
+
 def extraction_work(store: Store, cohorts: Iterable[str],
-                    settings: Settings) -> tuple[list[dict[str, Any]], list[StatusRecord]]:
-    """Rows still to extract, and the status records of patients whose results exist."""
-    todo: list[dict[str, Any]] = []
+                    settings: Settings) -> tuple[Work, list[StatusRecord]]:
+    """Patients still to extract (with their plan), and records of those already in the store.
+
+    A patient whose files are missing has no plan; it is still sent, and the stage records
+    why it fails, like any other failure.
+    """
+    todo: Work = []
     skipped: list[StatusRecord] = []
     for cohort in cohorts:
-        for row in manifest.load(store, cohort).to_dict("records"):
-            row = {k: (None if v is None or v != v else v) for k, v in row.items()}
+        for row in manifest_rows(store, cohort):
             try:
                 plan = plan_patient(row, settings)
             except InputError:
-                todo.append(row)  # the stage records why it fails, like any other failure
+                todo.append((row, None))
                 continue
             if is_done(store, plan):
                 status = store.read_status(plan.cohort, plan.patient_id, "extract")
                 assert status is not None
                 skipped.append(status)
             else:
-                todo.append(row)
+                todo.append((row, plan))
     return todo, skipped
 
 
@@ -92,40 +108,66 @@ def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _extract_in_worker(root: str, row: dict[str, Any], settings: Settings) -> StatusRecord:
-    return extract_patient(Store(root), row, settings)
+def _extract_in_worker(root: str, row: dict[str, Any], settings: Settings,
+                       submission: str) -> StatusRecord:
+    return extract_patient(Store(root), row, settings, submission)
 
 
-def run_local(store: Store, rows: list[dict[str, Any]], settings: Settings,
-              jobs: int) -> Iterator[StatusRecord]:
-    """Extract ``rows`` in a local process pool, yielding records as patients finish."""
-    if not rows:
+def run_local(store: Store, work: Work, settings: Settings, jobs: int,
+              submission: str) -> Iterator[StatusRecord]:
+    """Extract in a local process pool (the embedded default), yielding records as they finish."""
+    if not work:
         return
-    jobs = max(1, min(jobs, len(rows)))
+    jobs = max(1, min(jobs, len(work)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_extract_in_worker, str(store.root), r, settings) for r in rows]
+        futures = [pool.submit(_extract_in_worker, str(store.root), row, settings, submission)
+                   for row, _ in work]
         for fut in as_completed(futures):
             yield fut.result()
 
 
-ExtractRunner = Callable[[Store, list[dict[str, Any]], Settings, int], Iterator[StatusRecord]]
+def celery_runner(app: Celery, broker: str) -> ExtractRunner:
+    """Extract through the ``cpu`` queue of a Celery broker, following results in the store."""
+
+    def run(store: Store, work: Work, settings: Settings, jobs: int,
+            submission: str) -> Iterator[StatusRecord]:
+        payload = settings.model_dump(mode="json")
+        tasks = [
+            Job(row["cohort"], row["patient_id"], "extract", "dtlr.extract",
+                [str(store.root), row, payload, submission], "cpu",
+                is_done=(lambda plan=plan: plan is not None and is_done(store, plan)))
+            for row, plan in work
+        ]
+        yield from follow(app, store, tasks, submission, broker)
+
+    return run
+
+
+ExtractRunner = Callable[[Store, Work, Settings, int, str], Iterator[StatusRecord]]
+
+
+def new_submission() -> str:
+    """An identifier for one dtlr-submit run, recorded in every status it causes."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 def run_extraction(store: Store, cohorts: list[str], settings: Settings, jobs: int,
-                   runner: ExtractRunner = run_local,
+                   submission: str, runner: ExtractRunner = run_local,
                    on_record: Callable[[StatusRecord], None] | None = None,
                    on_plan: Callable[[int, int], None] | None = None) -> StageSummary:
     """Extract every patient of ``cohorts`` whose results are missing; skip the rest."""
     t0 = time.perf_counter()
-    rows, skipped = extraction_work(store, cohorts, settings)
+    work, skipped = extraction_work(store, cohorts, settings)
     if on_plan:
-        on_plan(len(rows), len(skipped))
+        on_plan(len(work), len(skipped))
     summary = StageSummary("extract", skipped=skipped)
-    for record in runner(store, rows, settings, jobs):
-        summary.ran.append(record)
-        if on_record:
-            on_record(record)
-    store.refresh_catalog()
-    summary.seconds = time.perf_counter() - t0
+    try:
+        for record in runner(store, work, settings, jobs, submission):
+            summary.ran.append(record)
+            if on_record:
+                on_record(record)
+    finally:
+        store.refresh_catalog()
+        summary.seconds = time.perf_counter() - t0
     return summary

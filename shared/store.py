@@ -39,6 +39,10 @@ class StoreError(RuntimeError):
     """A problem with the store itself (missing catalog, write attempted through dtlr-sql...)."""
 
 
+class StoreWriteError(StoreError):
+    """Writing into the store failed (full disk, shared file system hiccup): worth a retry."""
+
+
 def default_root() -> Path:
     """The store folder: ``$DTLR_HOME`` or ``./dtlr-data``."""
     return Path(os.environ.get("DTLR_HOME", "dtlr-data")).resolve()
@@ -59,6 +63,7 @@ class StatusRecord:
     inputs: dict[str, str] = field(default_factory=dict)
     worker: str = ""
     finished_at: str = ""
+    submission: str = ""  # the dtlr-submit run that asked for this work
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -68,6 +73,8 @@ def _atomic_write(path: Path, write: Any) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreWriteError(f"cannot write {path}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -243,7 +250,7 @@ class Store:
         if any(self.root.glob("status/*/*.json")):
             views["status"] = (
                 "SELECT cohort, patient_id, stage, state, message, seconds, key, finished_at, "
-                f"worker, versions, inputs FROM read_json('{r}/status/*/*.json', "
+                f"worker, submission, versions, inputs FROM read_json('{r}/status/*/*.json', "
                 "union_by_name = true, format = 'auto')"
             )
         else:

@@ -28,7 +28,7 @@ from services.extractor.maxslice import max_slice
 from services.extractor.preprocess import n4_correct
 from shared.config import Settings
 from shared.hashing import content_key, file_digest
-from shared.store import StatusRecord, Store
+from shared.store import StatusRecord, Store, StoreWriteError
 
 STAGE = "extract"
 # Bump when this stage's code changes its outputs: every cached result is then recomputed.
@@ -109,17 +109,22 @@ def is_done(store: Store, plan: PatientPlan) -> bool:
 
 
 def _record(row: dict[str, Any], state: str, message: str, seconds: float,
-            plan: PatientPlan | None) -> StatusRecord:
+            plan: PatientPlan | None, submission: str) -> StatusRecord:
     return StatusRecord(
         cohort=row["cohort"], patient_id=row["patient_id"], stage=STAGE, state=state,
         message=message, seconds=round(seconds, 3), key=plan.key if plan else "",
         versions=versions(), inputs=plan.inputs if plan else {},
         worker=socket.gethostname(), finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        submission=submission,
     )
 
 
-def extract_patient(store: Store, row: dict[str, Any], settings: Settings) -> StatusRecord:
-    """Run (or skip) one patient's extraction and record its status; never raises on bad input."""
+def extract_patient(store: Store, row: dict[str, Any], settings: Settings,
+                    submission: str = "") -> StatusRecord:
+    """Run (or skip) one patient's extraction and record its status; never raises on bad input.
+
+    Only a failure to write into the store propagates (StoreWriteError), so a queue can retry.
+    """
     t0 = time.perf_counter()
     plan = None
     try:
@@ -131,15 +136,17 @@ def extract_patient(store: Store, row: dict[str, Any], settings: Settings) -> St
         _run(store, plan, settings)
     except InputError as exc:
         record = _record(row, "failed", f"patient {row['patient_id']}: {exc}",
-                         time.perf_counter() - t0, plan)
-    except Exception as exc:
+                         time.perf_counter() - t0, plan, submission)
+    except StoreWriteError:
+        raise
+    except Exception as exc:  # one patient's crash must not stop the cohort
         where = traceback.extract_tb(exc.__traceback__)[-1]
         record = _record(row, "failed", f"patient {row['patient_id']}: unexpected "
                          f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:"
                          f"{where.lineno}); please report it with this message",
-                         time.perf_counter() - t0, plan)
+                         time.perf_counter() - t0, plan, submission)
     else:
-        record = _record(row, "done", "", time.perf_counter() - t0, plan)
+        record = _record(row, "done", "", time.perf_counter() - t0, plan, submission)
     store.write_status(record)
     return record
 

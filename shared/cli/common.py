@@ -12,7 +12,7 @@ from rich.console import Console
 from shared.config import Settings, SettingsError, load_settings
 from shared.store import Store
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:

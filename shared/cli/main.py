@@ -13,7 +13,7 @@ from shared import manifest, pipeline
 from shared.cli.common import console, store_option
 from shared.store import Store
 
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,8 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shared import pipeline
+from shared.celery_app import broker_url, make_app
 from shared.cli.common import console, settings_option, store_option
 from shared.config import Settings
+from shared.distributed import BrokerLostError
 from shared.store import StatusRecord, Store
 
 
@@ -53,9 +55,13 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
               help="Registered cohort to run (repeatable); 'demo' runs both demo hospitals.")
 @click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
               show_default="number of cores", help="Local worker processes.")
+@click.option("--broker", default=None,
+              help="Run on Celery workers through this broker (or set DTLR_BROKER_URL); "
+                   "without it everything runs here (the embedded default).")
 @store_option
 @settings_option
-def submit(cohorts: tuple[str, ...], jobs: int, store: Store, settings: Settings) -> None:
+def submit(cohorts: tuple[str, ...], jobs: int, broker: str | None, store: Store,
+           settings: Settings) -> None:
     """Extract radiomics features and max slices for every patient of the given cohorts.
 
     Work already in the store is skipped, so re-running resumes. Exits non-zero when any
@@ -67,10 +73,23 @@ def submit(cohorts: tuple[str, ...], jobs: int, store: Store, settings: Settings
             pipeline.manifest.load(store, name)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
-    summaries = []
-    with progress_bar("extract") as (on_plan, on_record):
-        summaries.append(pipeline.run_extraction(store, names, settings, jobs,
-                                                 on_record=on_record, on_plan=on_plan))
+    url = broker_url(broker)
+    runner = pipeline.run_local if url is None else pipeline.celery_runner(make_app(url), url)
+    submission = pipeline.new_submission()
+    summaries: list[pipeline.StageSummary] = []
+    try:
+        with progress_bar("extract") as (on_plan, on_record):
+            summaries.append(pipeline.run_extraction(store, names, settings, jobs, submission,
+                                                     runner, on_record, on_plan))
+    except BrokerLostError as exc:
+        console.print(f"[red]stopped[/red]: {exc}")
+        sys.exit(3)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: finished patients are in the store and "
+                      "nothing half-written is left; run the same command again to resume"
+                      + ("" if url is None else " (tasks already queued still run on the "
+                         "workers)"))
+        sys.exit(130)
     print_summary(summaries)
     if any(s.failed for s in summaries):
         sys.exit(1)
