@@ -62,26 +62,38 @@ class MaxSliceSettings(_Section):
 
 
 class CNNSettings(_Section):
-    """ResNet50 fine-tuning; ``profile`` picks paper settings on CUDA and a quick one on CPU."""
+    """ResNet50 fine-tuning and embedding (services/gpu_worker; profiles in its profiles.py).
+
+    ``profile`` "auto" is "paper" where CUDA is available and "quick" on a CPU-only machine.
+    Fields left at None take the profile's value. Paper: SGD lr 0.01, batch 32, 30 epochs, with
+    momentum 0.9 (the paper gives none; 0.9 is torchvision's ImageNet recipe and the usual
+    fine-tuning choice) and dropout before the classification layer.
+    """
 
     profile: Literal["auto", "paper", "quick"] = "auto"
-    weights: str = "imagenet"  # "imagenet" (torchvision cache), "random", or a path
+    weights: str = "imagenet"  # "imagenet" (torchvision cache), "random", or a state-dict path
     protocol: Literal["leakage-safe", "paper"] = "leakage-safe"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=2)  # >= 2: batch-norm statistics need two samples
+    lr: float | None = Field(None, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
     dropout: float = Field(0.5, ge=0, lt=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    image_size: int | None = None
+    image_size: int | None = Field(None, ge=32)  # model input side; max slices are resized to it
+    embed_batch_size: int | None = Field(None, ge=1)
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:N"
+    cuda_graph: bool = True  # capture the training step in a CUDA graph (CUDA only)
+    threads: int | None = Field(None, ge=1)  # CPU threads; None: $DTLR_THREADS or all cores
+    gradcam_cases: int = Field(2, ge=0)  # Grad-CAM cases per grade per cohort in the report
 
 
 class ModelerSettings(_Section):
     """Feature selection, models and evaluation (DESIGN.md section 1; services/modeler)."""
 
-    # Inter-reader ICC: ICC2 = ICC(2,1) two-way random, absolute agreement, single rater (Koo &
-    # Li 2016 for inter-rater reliability); ICC1 = one-way random; ICC3 = two-way mixed, consistency.
+    # Inter-reader ICC: ICC2 = ICC(2,1) two-way random, absolute agreement, single rater
+    # (Koo & Li 2016, inter-rater reliability); ICC1 = one-way random; ICC3 = two-way mixed,
+    # consistency.
     icc_form: Literal["ICC1", "ICC2", "ICC3"] = "ICC2"
     icc_threshold: float = Field(0.8, ge=0, le=1)
     spearman_threshold: float = Field(0.9, gt=0, le=1)
@@ -91,6 +103,9 @@ class ModelerSettings(_Section):
     svm_kernel: Literal["rbf", "linear"] = "rbf"
     svm_c: float = Field(1.0, gt=0)
     platt_cv_folds: int = Field(5, ge=2)  # folds for the SVMs' Platt-scaled probabilities
+    # Nomogram: L2-penalised logistic regression with this C on z-scored predictors (finite
+    # coefficients even when in-sample scores separate the grades); null = unpenalised MLE.
+    nomogram_c: float | None = Field(1.0, gt=0)
     hosmer_lemeshow_groups: int = Field(10, ge=3)
     calibration_bins: int = Field(10, ge=2)
 

@@ -32,6 +32,8 @@ from shared.hashing import content_key
 
 KEY_LENGTH = 16
 ID_COLUMNS = ("cohort", "patient_id", "reader")
+# Creation order: clinical and features_long read other views.
+VIEW_ORDER = ("manifest", "radiomics", "dtl", "metrics", "status", "clinical", "features_long")
 _KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
 
 
@@ -225,7 +227,9 @@ class Store:
 
         def parquet(glob: str, empty: str) -> str:
             if any(self.root.glob(glob)):
-                return f"SELECT * FROM read_parquet('{r}/{glob}', union_by_name = true)"
+                # The files carry their identifying columns; folder names are not columns.
+                return (f"SELECT * FROM read_parquet('{r}/{glob}', union_by_name = true, "
+                        "hive_partitioning = false)")
             return f"SELECT {empty} WHERE false"
 
         ids = "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS reader"
@@ -275,25 +279,26 @@ class Store:
         return views
 
     def refresh_catalog(self) -> bool:
-        """(Re)define the views if they changed; returns whether the catalog file was written."""
+        """(Re)define the views that changed; returns whether the catalog file was written.
+
+        Creating a view over many wide Parquet files reads every file's schema, so views whose
+        definition is unchanged are left alone (each view's comment holds its definition's key).
+        """
         wanted = self._view_sql()
+        keys = {name: content_key(sql) for name, sql in wanted.items()}
+        have: dict[str, str] = {}
         if self.catalog_path.is_file():
             with duckdb.connect(str(self.catalog_path), read_only=True) as con:
-                have = dict(
-                    con.execute(
-                        "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal"
-                    ).fetchall()
-                )
-            if have == {name: content_key(sql) for name, sql in wanted.items()}:
-                return False
+                have = dict(con.execute(
+                    "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
+        stale = [name for name in VIEW_ORDER if have.get(name) != keys[name]]
+        if not stale:
+            return False
         self.root.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(self.catalog_path)) as con:
-            # Order matters: clinical and features_long read other views.
-            for name in ("manifest", "radiomics", "dtl", "metrics", "status", "clinical",
-                         "features_long"):
+            for name in stale:
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {wanted[name]}")
-                # The comment remembers the definition, so an unchanged catalog is never rewritten.
-                con.execute(f"COMMENT ON VIEW {name} IS '{content_key(wanted[name])}'")
+                con.execute(f"COMMENT ON VIEW {name} IS '{keys[name]}'")
         return True
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:

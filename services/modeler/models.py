@@ -1,0 +1,189 @@
+"""The four models of the paper as one sklearn estimator fitted on the training cohort.
+
+Clinical model: SVM on the clinical features chosen by :class:`ClinicalSelector`.
+Radiomics / DTL models: SVM on each family's LASSO-selected features (:mod:`selection`).
+Nomogram: logistic regression on the selected clinical features in natural units + Rad score
+(+ DTL score), the LASSO linear predictors. It is fitted on z-scored predictors with an L2
+penalty (``nomogram_c``, sklearn's default C = 1; None = unpenalised MLE as rms::lrm), because
+in-sample scores can separate the grades and the unpenalised MLE then does not exist; the
+coefficients are mapped back to natural units, so the linear predictor stays
+``intercept + sum(coef x predictor)`` and the nomogram reads in natural units.
+Each model's decision threshold is Youden's J on its own training predictions.
+
+Input is one DataFrame per cohort, indexed by patient_id, with family-prefixed columns
+(``clinical:age``, ``radiomics:original_shape_...``, ``dtl:dtl_0000``); see :mod:`data`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from services.modeler.clinical import ClinicalSelector
+from services.modeler.selection import selection_pipeline
+from services.modeler.stats import youden_threshold
+from shared.config import ModelerSettings, Settings
+
+FAMILIES = ("clinical", "radiomics", "dtl")
+SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
+MODEL_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",
+                "dtl": "DTL model", "nomogram": "DTLR nomogram"}
+
+
+def family_columns(X: pd.DataFrame, family: str) -> pd.DataFrame:
+    """One family's columns of a model input, without the ``family:`` prefix."""
+    prefix = f"{family}:"
+    cols = [c for c in X.columns if c.startswith(prefix)]
+    return X[cols].rename(columns=lambda c: c[len(prefix):])
+
+
+def model_label(model: str, families: list[str]) -> str:
+    """Display name; the nomogram is the DTLR nomogram only when the DTL score is in it."""
+    if model == "nomogram" and "dtl" not in families:
+        return "Clinical-radiomics nomogram"
+    return MODEL_LABELS[model]
+
+
+class DTLRModel(ClassifierMixin, BaseEstimator):
+    """Clinical, radiomics and DTL SVMs plus the nomogram; ``predict_proba`` is the nomogram's.
+
+    ``fit(X, y, reader2={"radiomics": table, "dtl": table})`` passes each family's second-reader
+    table (unprefixed columns, indexed by patient_id) to that family's ICC filter. Families
+    without columns in X are left out (the DTL family until the GPU stage has run).
+    """
+
+    def __init__(self, icc_form: str = "ICC2", icc_threshold: float = 0.8,
+                 spearman_threshold: float = 0.9, lasso_cv_folds: int = 10,
+                 lasso_alphas: int = 100, clinical_p_threshold: float = 0.05,
+                 svm_kernel: str = "rbf", svm_c: float = 1.0, platt_cv_folds: int = 5,
+                 nomogram_c: float | None = 1.0, random_state: int = 0) -> None:
+        self.icc_form = icc_form
+        self.icc_threshold = icc_threshold
+        self.spearman_threshold = spearman_threshold
+        self.lasso_cv_folds = lasso_cv_folds
+        self.lasso_alphas = lasso_alphas
+        self.clinical_p_threshold = clinical_p_threshold
+        self.svm_kernel = svm_kernel
+        self.svm_c = svm_c
+        self.platt_cv_folds = platt_cv_folds
+        self.nomogram_c = nomogram_c
+        self.random_state = random_state
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DTLRModel:
+        """An unfitted model with the settings' modeler section and seed."""
+        m = settings.modeler
+        return cls(icc_form=m.icc_form, icc_threshold=m.icc_threshold,
+                   spearman_threshold=m.spearman_threshold, lasso_cv_folds=m.lasso_cv_folds,
+                   lasso_alphas=m.lasso_alphas, clinical_p_threshold=m.clinical_p_threshold,
+                   svm_kernel=m.svm_kernel, svm_c=m.svm_c, platt_cv_folds=m.platt_cv_folds,
+                   nomogram_c=m.nomogram_c, random_state=settings.seed)
+
+    def _svm(self) -> CalibratedClassifierCV:
+        """SVM with Platt-scaled probabilities from seeded stratified CV (sklearn's replacement
+        for SVC(probability=True)); the final SVM is refit on all training rows."""
+        cv = StratifiedKFold(self.platt_cv_folds, shuffle=True, random_state=self.random_state)
+        svc = SVC(kernel=self.svm_kernel, C=self.svm_c, random_state=self.random_state)
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
+
+    def _selection_settings(self) -> ModelerSettings:
+        """This estimator's selection parameters in the form selection_pipeline takes."""
+        return ModelerSettings(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
+                               spearman_threshold=self.spearman_threshold,
+                               lasso_cv_folds=self.lasso_cv_folds, lasso_alphas=self.lasso_alphas)
+
+    def fit(self, X: pd.DataFrame, y: NDArray[np.int_],
+            reader2: dict[str, pd.DataFrame] | None = None) -> DTLRModel:
+        """Fit every model on the training cohort only, then each model's Youden threshold."""
+        y = np.asarray(y).astype(np.int64)
+        if set(np.unique(y)) != {0, 1}:
+            raise ValueError("training labels must contain both 0 (low grade) and 1 (high grade)")
+        reader2 = reader2 or {}
+        self.classes_ = np.array([0, 1])
+        self.families_ = [f for f in FAMILIES[1:] if not family_columns(X, f).empty]
+        if "radiomics" not in self.families_:
+            raise ValueError("the training cohort has no radiomics features")
+        self.clinical_ = Pipeline([
+            ("select", ClinicalSelector(p_threshold=self.clinical_p_threshold)),
+            ("impute", SimpleImputer(strategy="median")),
+            ("zscore", StandardScaler()),
+            ("svm", self._svm()),
+        ]).fit(family_columns(X, "clinical"), y)
+        self.family_models_ = {}
+        for family in self.families_:
+            pipe = selection_pipeline(self._selection_settings(), self.random_state)
+            pipe.steps.append(("svm", self._svm()))
+            self.family_models_[family] = pipe.fit(family_columns(X, family), y,
+                                                   icc__reader2=reader2.get(family))
+        design = self.nomogram_design(X)
+        self.nomogram_features_ = list(design.columns)
+        self._fit_nomogram(design.to_numpy(np.float64), y)
+        self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
+                                                 design.max().to_numpy()])
+        train = self.predict_proba_models(X)
+        self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}
+        return self
+
+    def _fit_nomogram(self, design: NDArray[np.float64], y: NDArray[np.int64]) -> None:
+        """Logistic regression on z-scored predictors, coefficients back in natural units."""
+        mean, sd = design.mean(axis=0), design.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        c = np.inf if self.nomogram_c is None else self.nomogram_c
+        lr = LogisticRegression(C=c, solver="newton-cholesky", tol=1e-10, max_iter=200)
+        lr.fit((design - mean) / sd, y)
+        self.nomogram_coef_ = lr.coef_[0] / sd
+        self.nomogram_intercept_ = float(lr.intercept_[0] - self.nomogram_coef_ @ mean)
+
+    @property
+    def model_names(self) -> list[str]:
+        """Models in the paper's order: clinical, radiomics, (DTL), nomogram."""
+        return ["clinical", *self.families_, "nomogram"]
+
+    def scores(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Rad score (and DTL score) per patient: the LASSO intercept + coef x z-scored feature."""
+        out = {}
+        for family in self.families_:
+            pipe = self.family_models_[family]
+            selected = pipe[:-1].transform(family_columns(X, family))
+            out[SCORE_NAMES[family]] = pipe.named_steps["lasso"].linear_score(selected)
+        return pd.DataFrame(out, index=X.index)
+
+    def nomogram_design(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Nomogram predictors: selected clinical features (training-median imputed) + scores."""
+        clinical = self.clinical_[:2].transform(family_columns(X, "clinical"))
+        names = list(self.clinical_.named_steps["select"].get_feature_names_out())
+        design = pd.DataFrame(clinical, columns=names, index=X.index)
+        return pd.concat([design, self.scores(X)], axis=1)
+
+    def nomogram_linear_predictor(self, X: pd.DataFrame) -> NDArray[np.float64]:
+        """The nomogram's log-odds: intercept + sum(coef x predictor)."""
+        design = self.nomogram_design(X).to_numpy(np.float64)
+        return self.nomogram_intercept_ + design @ self.nomogram_coef_
+
+    def predict_proba_models(self, X: pd.DataFrame) -> pd.DataFrame:
+        """P(high grade) from every model, one column per model."""
+        out = {"clinical": self.clinical_.predict_proba(family_columns(X, "clinical"))[:, 1]}
+        for family in self.families_:
+            out[family] = self.family_models_[family].predict_proba(
+                family_columns(X, family))[:, 1]
+        out["nomogram"] = expit(self.nomogram_linear_predictor(X))
+        return pd.DataFrame(out, index=X.index)
+
+    def predict_proba(self, X: pd.DataFrame) -> NDArray[np.float64]:
+        """The nomogram's class probabilities, (n, 2)."""
+        risk = expit(self.nomogram_linear_predictor(X))
+        return np.column_stack([1 - risk, risk])
+
+    def predict(self, X: pd.DataFrame) -> NDArray[np.int64]:
+        """High grade (1) when the nomogram's risk reaches its Youden threshold."""
+        return (self.predict_proba(X)[:, 1] >= self.thresholds_["nomogram"]).astype(np.int64)

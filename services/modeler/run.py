@@ -1,0 +1,269 @@
+"""The modeler's entry points: fit on one cohort, evaluate on others, report; and predict.
+
+:func:`run_modeler` is what ``dtlr-model`` and the coordinator call. It reads the store through
+DuckDB, fits :class:`DTLRModel` on the training cohort only, evaluates every cohort, and writes
+``runs/<run_id>/`` (report.html, metrics.parquet, predictions.parquet, table3.csv) and
+``models/<run_id>/`` (modeler.skops + modeler.json). :func:`predict_cohort` applies it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import matplotlib
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy
+import sklearn
+import skops
+import statsmodels
+from rich.console import Console
+from rich.table import Table
+
+import shared
+from services.modeler.data import CohortData, load_cohort, resolve_dtl_model
+from services.modeler.evaluate import CohortEvaluation, evaluate_cohort, table3
+from services.modeler.models import SCORE_NAMES, DTLRModel, model_label
+from services.modeler.nomogram import nomogram_scale, patient_points
+from services.modeler.persist import load_model, save_model
+from services.modeler.report import ReportInputs, ReportSection, render_report
+from shared.config import Settings
+from shared.hashing import content_key
+from shared.store import Store
+
+CODE_VERSION = "modeler-1"
+Protocol = Literal["leakage-safe", "paper"]
+
+
+@dataclass
+class RunResult:
+    """What a modeler run produced."""
+
+    run_id: str
+    report_path: Path
+    model_dir: Path
+    table3: pd.DataFrame  # one row per (cohort, model): value and CI of each metric
+    metrics: pd.DataFrame  # the long table written to runs/<run_id>/metrics.parquet
+    model: DTLRModel
+    seconds: dict[str, float]  # wall time per phase: load, fit, evaluate, save, report, total
+
+
+def versions() -> dict[str, str]:
+    """Library versions that shape the modeler's numbers (saved with the model)."""
+    return {"dtlr": shared.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "statsmodels": statsmodels.__version__,
+            "skops": skops.__version__, "duckdb": duckdb.__version__,
+            "matplotlib": matplotlib.__version__}
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic text write (temp file + rename), like the store's own writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortData],
+                       settings: Settings, protocol: str, run_id: str, created: str) -> dict:
+    """modeler.json: everything needed to understand (not to execute) the fitted model."""
+    families = {}
+    for family in model.families_:
+        pipe = model.family_models_[family]
+        sp, lasso, z = (pipe.named_steps[s] for s in ("spearman", "lasso", "zscore"))
+        idx = np.flatnonzero(sp.support_)[lasso.support_]
+        families[family] = {
+            "score": SCORE_NAMES[family],
+            "lambda": lasso.alpha_,
+            "intercept": lasso.intercept_,
+            "icc": pipe.named_steps["icc"].note_,
+            "features": [{"name": n, "coef": float(c), "train_mean": float(m),
+                          "train_sd": float(s)} for n, c, m, s in
+                         zip(pipe[:-1].get_feature_names_out(), lasso.coef_[lasso.support_],
+                             z.mean_[idx], z.scale_[idx], strict=True)],
+        }
+    scale = nomogram_scale(model)
+    return {
+        "run_id": run_id, "created": created, "code_version": CODE_VERSION,
+        "protocol": protocol, "train": train.cohort, "tests": [t.cohort for t in tests],
+        "dtl_model_id": train.dtl_model_id, "settings": settings.model_dump(mode="json"),
+        "versions": versions(),
+        "inputs": {d.cohort: d.input_keys for d in [train, *tests]},
+        "models": model.model_names, "thresholds": model.thresholds_,
+        "clinical_features": list(model.clinical_.named_steps["select"]
+                                  .get_feature_names_out()),
+        "families": families,
+        "nomogram": {"predictors": scale.names, "coef": scale.coef.tolist(),
+                     "intercept": scale.intercept, "train_low": scale.low.tolist(),
+                     "train_high": scale.high.tolist(), "points_per_logit": scale.points_per_lp},
+    }
+
+
+def run_modeler(
+    store: Store,
+    train: str,
+    tests: list[str],
+    settings: Settings,
+    dtl_model_id: str | None = None,
+    run_id: str | None = None,
+    *,
+    protocol: Protocol | None = None,
+    extra_sections: Sequence[ReportSection] = (),
+) -> RunResult:
+    """Fit every model on ``train``, evaluate on it and on each of ``tests``, write the report.
+
+    ``protocol`` (default: ``settings.cnn.protocol``) says how the CNN behind the DTL features
+    was fine-tuned; it is stated on the report's first line. ``extra_sections`` are appended
+    under "Deep transfer learning" (the GPU stage's CNN metrics and Grad-CAM). The run id
+    defaults to a content key of the inputs and settings, so an identical re-run overwrites
+    its own results.
+    """
+    if train in tests:
+        raise ValueError(f"cohort {train!r} is both the training and a test cohort")
+    clock = _Clock()
+    store.refresh_catalog()
+    dtl_id = resolve_dtl_model(store, train, dtl_model_id)
+    train_data = load_cohort(store, train, dtl_id, with_reader2=True)
+    test_data = [load_cohort(store, c, dtl_id) for c in tests]
+    if dtl_id is not None:
+        for d in test_data:
+            if not any(c.startswith("dtl:") for c in d.X.columns):
+                raise ValueError(f"test cohort {d.cohort!r} has no DTL features of {dtl_id!r}")
+    protocol = protocol or settings.cnn.protocol
+    run_id = run_id or f"{train}-" + content_key(
+        CODE_VERSION, train, tests, dtl_id, protocol, settings.model_dump(mode="json"),
+        {d.cohort: d.input_keys for d in [train_data, *test_data]}, length=12)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    clock.lap("load")
+
+    model = DTLRModel.from_settings(settings).fit(train_data.X, train_data.y,
+                                                  reader2=train_data.reader2)
+    clock.lap("fit")
+    m = settings.modeler
+    evaluations = [evaluate_cohort(model, d.X, d.y, d.cohort, role, m.hosmer_lemeshow_groups,
+                                   m.calibration_bins)
+                   for d, role in [(train_data, "train"), *[(t, "test") for t in test_data]]]
+    t3 = table3(evaluations)
+    metrics = pd.concat([e.metrics for e in evaluations], ignore_index=True)
+    lambdas = [{"cohort": train, "role": "train", "model": f, "metric": "lasso_lambda",
+                "value": model.family_models_[f].named_steps["lasso"].alpha_}
+               for f in model.families_]
+    metrics = pd.concat([metrics, pd.DataFrame(lambdas)], ignore_index=True)
+    metrics.insert(0, "run_id", run_id)
+    for col in ("ci_low", "ci_high", "numerator", "denominator"):
+        metrics[col] = metrics[col].astype("float64")
+    clock.lap("evaluate")
+
+    model_dir = save_model(store, run_id, model, _model_description(
+        model, train_data, test_data, settings, protocol, run_id, created))
+    run_dir = store.run_dir(run_id)
+    meta = {"run_id": run_id, "train": train, "tests": tests, "code_version": CODE_VERSION}
+    store.write_table(pa.Table.from_pandas(metrics, preserve_index=False),
+                      run_dir / "metrics.parquet", meta)
+    store.write_table(pa.Table.from_pandas(_predictions(evaluations), preserve_index=False),
+                      run_dir / "predictions.parquet", meta)
+    _write_text(run_dir / "table3.csv", t3.to_csv(index=False))
+    store.refresh_catalog()
+    clock.lap("save")
+    html = render_report(ReportInputs(
+        run_id=run_id, created=created, protocol=protocol, model=model, train=train_data,
+        tests=test_data, evaluations=evaluations, table3=t3,
+        settings={"seed": settings.seed, **settings.modeler.model_dump(mode="json")},
+        versions=versions(), extra_sections=extra_sections))
+    report_path = run_dir / "report.html"
+    _write_text(report_path, html)
+    clock.lap("report")
+    return RunResult(run_id, report_path, model_dir, t3, metrics, model, clock.seconds())
+
+
+class _Clock:
+    """Wall time per phase of a run."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        """Record the time since the previous lap under ``name``."""
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+
+    def seconds(self) -> dict[str, float]:
+        """Every lap and the total, in seconds."""
+        return {**self.laps, "total": round(self.last - self.start, 3)}
+
+
+def _predictions(evaluations: list[CohortEvaluation]) -> pd.DataFrame:
+    """Per patient per cohort: label and every model's P(high grade)."""
+    parts = []
+    for ev in evaluations:
+        df = ev.probs.reset_index()
+        df.insert(0, "cohort", ev.cohort)
+        df.insert(2, "label", ev.y)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def render_table3(t3: pd.DataFrame, console: Console | None = None,
+                  families: Sequence[str] = ("radiomics", "dtl")) -> Table:
+    """Print the Table-3-style summary with rich (and return the rich Table).
+
+    Each cell is the value with its 95% CI below it; narrow terminals fold, never crop, them.
+    """
+    table = Table(title="Table 3. Model performance (95% CI)", title_justify="left")
+    table.add_column("Cohort", no_wrap=True)
+    table.add_column("Model")
+    for col in ("Accuracy", "AUC", "Sensitivity", "Specificity", "PPV", "NPV"):
+        table.add_column(col, justify="right", overflow="fold")
+    present = [f for f in families if f in set(t3["model"])]
+    previous = None
+    for r in t3.itertuples():
+        label = f"{r.cohort} ({'train' if r.role == 'train' else 'test'})"
+        cells = []
+        for k in ("accuracy", "auc", "sensitivity", "specificity", "ppv", "npv"):
+            value, low, high = (getattr(r, k), getattr(r, f"{k}_ci_low"),
+                                getattr(r, f"{k}_ci_high"))
+            cells.append("-" if not np.isfinite(value) else
+                         f"{value:.3f}\n{low:.3f}–{high:.3f}")
+        table.add_row(label if label != previous else "", model_label(r.model, present),
+                      *cells, end_section=r.model == "nomogram")
+        previous = label
+    (console or Console()).print(table)
+    return table
+
+
+def predict_cohort(store: Store, run_id: str, cohort: str) -> pd.DataFrame:
+    """Each patient's nomogram risk, class, points per predictor, and every model's risk.
+
+    Works on cohorts without labels. ``class`` is high grade when the risk reaches the
+    nomogram's training Youden threshold.
+    """
+    model, meta = load_model(store, run_id)
+    store.refresh_catalog()
+    data = load_cohort(store, cohort, meta.get("dtl_model_id"), require_labels=False)
+    pts = patient_points(model, data.X)
+    probs = model.predict_proba_models(data.X).add_suffix("_risk")
+    threshold = model.thresholds_["nomogram"]
+    out = pd.DataFrame({"risk": pts["risk"],
+                        "class": np.where(pts["risk"] >= threshold, "high", "low")},
+                       index=data.X.index)
+    out = pd.concat([out, pts.drop(columns="risk"), probs], axis=1).reset_index()
+    out.insert(0, "cohort", cohort)
+    if data.y is not None:
+        out.insert(2, "label", data.y)
+    return out
