@@ -18,22 +18,59 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.hashing import content_key
 
 KEY_LENGTH = 16
-ID_COLUMNS = ("cohort", "patient_id", "reader")
+# Feature families and the columns that identify one row of their wide views.
+FAMILIES = {"radiomics": ("cohort", "patient_id", "reader"),
+            "dtl": ("cohort", "patient_id", "reader", "model_id")}
 # Creation order: clinical and features_long read other views.
 VIEW_ORDER = ("manifest", "radiomics", "dtl", "metrics", "status", "clinical", "features_long")
+
+
+def feature_table(ids: Sequence[dict[str, Any]], names: Sequence[str],
+                  values: np.ndarray) -> pa.Table:
+    """The long layout of a feature file: one row per (entity, feature).
+
+    ``ids[i]`` identifies entity i (cohort, patient_id, reader[, model_id]) and ``values[i]``
+    holds its features. One-row files with thousands of columns are slow to read (every column
+    carries metadata); a long file of two data columns reads in milliseconds, and the catalog
+    pivots it back to one column per feature.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(len(ids), len(names))
+    n = len(names)
+    columns: dict[str, pa.Array] = {}
+    for key in ids[0]:
+        typ = pa.int32() if key == "reader" else pa.string()
+        columns[key] = pa.array([row[key] for row in ids for _ in range(n)], typ)
+    columns["feature"] = pa.array(list(names) * len(ids), pa.string())
+    columns["value"] = pa.array(values.ravel(), pa.float64())
+    return pa.table(columns)
+
+
+def read_feature_files(paths: Sequence[Path]) -> pd.DataFrame:
+    """Long feature files as one wide frame: identifying columns, then features in file order."""
+    if not paths:
+        return pd.DataFrame()
+    listing = "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
+    with duckdb.connect() as con:
+        long = con.execute(f"SELECT * FROM read_parquet({listing}, hive_partitioning = false)"
+                           ).df()
+    ids = [c for c in long.columns if c not in ("feature", "value")]
+    names = list(dict.fromkeys(long["feature"]))
+    wide = long.pivot(index=ids, columns="feature", values="value")
+    return wide.reindex(columns=names).reset_index().rename_axis(columns=None)
 _KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
 
 
@@ -221,61 +258,66 @@ class Store:
         return [StatusRecord(**json.loads(p.read_text())) for p in sorted(d.glob("*.json"))]
 
     # ---- catalog ------------------------------------------------------------------------
+    def _feature_names(self, glob: str) -> list[str]:
+        """Every feature name in a family's files, in the order the files list them."""
+        with duckdb.connect() as con:
+            rows = con.execute(
+                f"SELECT feature FROM read_parquet('{self.root.as_posix()}/{glob}', "
+                "hive_partitioning = false, file_row_number = true) "
+                "GROUP BY feature ORDER BY min(file_row_number), feature").fetchall()
+        return [r[0] for r in rows]
+
     def _view_sql(self) -> dict[str, str]:
         """The catalog's view definitions; families without files get typed empty views."""
         r = self.root.as_posix()
+        ids = "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS reader"
 
-        def parquet(glob: str, empty: str) -> str:
+        def files(glob: str, empty: str) -> str:
             if any(self.root.glob(glob)):
                 # The files carry their identifying columns; folder names are not columns.
                 return (f"SELECT * FROM read_parquet('{r}/{glob}', union_by_name = true, "
                         "hive_partitioning = false)")
             return f"SELECT {empty} WHERE false"
 
-        ids = "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS reader"
-        views = {
-            "radiomics": parquet("features/radiomics/*/*/*.parquet", ids),
-            "dtl": parquet("features/dtl/*/*/*.parquet", ids + ", NULL::VARCHAR AS model_id"),
-            "manifest": parquet(
-                "cohorts/*/manifest.parquet",
-                "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS label",
-            ),
-            "metrics": parquet(
-                "runs/*/metrics.parquet",
-                "NULL::VARCHAR AS run_id, NULL::VARCHAR AS model, NULL::VARCHAR AS cohort, "
-                "NULL::VARCHAR AS metric, NULL::DOUBLE AS value",
-            ),
-        }
+        views: dict[str, str] = {}
+        long_parts = []
+        for family, keys in FAMILIES.items():
+            glob = f"features/{family}/*/*/*.parquet"
+            id_cols = ", ".join(keys)
+            if not any(self.root.glob(glob)):
+                views[family] = f"SELECT {ids}{', NULL::VARCHAR AS model_id' * (family == 'dtl')}"\
+                                " WHERE false"
+                continue
+            source = f"read_parquet('{r}/{glob}', hive_partitioning = false)"
+            names = ", ".join("'" + n.replace("'", "''") + "'" for n in self._feature_names(glob))
+            # Files are long (one row per feature: fast to write and read); the view is wide.
+            views[family] = (f"PIVOT (SELECT {id_cols}, feature, value FROM {source}) "
+                             f"ON feature IN ({names}) USING first(value) GROUP BY {id_cols}")
+            long_parts.append(f"SELECT cohort, patient_id, '{family}' AS family, feature, value "
+                              f"FROM {source} WHERE reader = 1")
+        views["features_long"] = " UNION ALL ".join(long_parts) or (
+            "SELECT NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::VARCHAR AS family, "
+            "NULL::VARCHAR AS feature, NULL::DOUBLE AS value WHERE false")
+        views["manifest"] = files(
+            "cohorts/*/manifest.parquet",
+            "NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::INTEGER AS label")
+        views["metrics"] = files(
+            "runs/*/metrics.parquet",
+            "NULL::VARCHAR AS run_id, NULL::VARCHAR AS model, NULL::VARCHAR AS cohort, "
+            "NULL::VARCHAR AS metric, NULL::DOUBLE AS value")
         views["clinical"] = (
             "SELECT * EXCLUDE (image, mask, mask_reader2) FROM manifest"
-            if any(self.root.glob("cohorts/*/manifest.parquet"))
-            else views["manifest"]
-        )
+            if any(self.root.glob("cohorts/*/manifest.parquet")) else views["manifest"])
         if any(self.root.glob("status/*/*.json")):
             views["status"] = (
                 "SELECT cohort, patient_id, stage, state, message, seconds, key, finished_at, "
                 f"worker, submission, versions, inputs FROM read_json('{r}/status/*/*.json', "
-                "union_by_name = true, format = 'auto')"
-            )
+                "union_by_name = true, format = 'auto')")
         else:
             views["status"] = (
                 "SELECT NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, "
                 "NULL::VARCHAR AS stage, NULL::VARCHAR AS state, NULL::VARCHAR AS message "
-                "WHERE false"
-            )
-        long_parts = []
-        for family, view, extra in (("radiomics", "radiomics", ""), ("dtl", "dtl", ", model_id")):
-            if views[view].startswith("SELECT * FROM read_parquet"):
-                long_parts.append(
-                    f"SELECT cohort, patient_id, '{family}' AS family, feature, value FROM "
-                    f"(UNPIVOT (SELECT * FROM {view} WHERE reader = 1) "
-                    f"ON COLUMNS(* EXCLUDE (cohort, patient_id, reader{extra})) "
-                    "INTO NAME feature VALUE value)"
-                )
-        views["features_long"] = " UNION ALL ".join(long_parts) or (
-            "SELECT NULL::VARCHAR AS cohort, NULL::VARCHAR AS patient_id, NULL::VARCHAR AS family, "
-            "NULL::VARCHAR AS feature, NULL::DOUBLE AS value WHERE false"
-        )
+                "WHERE false")
         return views
 
     def refresh_catalog(self) -> bool:

@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from shared.cli.sql import sql
-from shared.store import StatusRecord, Store, split_keyed_name
+from shared.store import StatusRecord, Store, feature_table, read_feature_files, split_keyed_name
 
 KEY_A, KEY_B = "a" * 16, "b" * 16
 
 
 def row(pid: str, value: float) -> pa.Table:
-    return pa.table({"cohort": ["c"], "patient_id": [pid], "reader": pa.array([1], pa.int32()),
-                     "original_firstorder_Mean": [value]})
+    return feature_table([{"cohort": "c", "patient_id": pid, "reader": 1}],
+                         ["original_firstorder_Mean"], [[value]])
 
 
 def test_keyed_names_parse_even_with_dots() -> None:
@@ -94,3 +94,20 @@ def test_sql_without_a_store_says_how_to_make_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(sql, ["SELECT 1", "--store", str(tmp_path / "none")])
     assert result.exit_code == 1
     assert "run `dtlr-submit` or `dtlr cohort add` first" in result.output
+
+
+def test_long_files_read_back_wide_in_file_order(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    names = ["z_first", "a_second", "m_third"]
+    ids = [{"cohort": "c", "patient_id": "P1", "reader": 1},
+           {"cohort": "c", "patient_id": "P1", "reader": 2}]
+    store.write_table(feature_table(ids, names, [[1, 2, 3], [4, 5, 6]]),
+                      store.radiomics_path("c", 1, "P1", KEY_A), {})
+    wide = read_feature_files([store.radiomics_path("c", 1, "P1", KEY_A)])
+    assert list(wide.columns) == ["cohort", "patient_id", "reader", *names]
+    assert wide[names].to_numpy().tolist() == [[1, 2, 3], [4, 5, 6]]
+    store.refresh_catalog()
+    with store.connect() as con:
+        view = con.execute("SELECT * FROM radiomics ORDER BY reader").df()
+    assert list(view.columns) == ["cohort", "patient_id", "reader", *names]
+    assert view[names].to_numpy().tolist() == [[1, 2, 3], [4, 5, 6]]

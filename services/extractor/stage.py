@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pywt
 import radiomics
 import SimpleITK as sitk
@@ -28,7 +27,7 @@ from services.extractor.maxslice import max_slice
 from services.extractor.preprocess import n4_correct
 from shared.config import Settings
 from shared.hashing import content_key, file_digest
-from shared.store import StatusRecord, Store, StoreWriteError
+from shared.store import StatusRecord, Store, StoreWriteError, feature_table
 
 STAGE = "extract"
 # Bump when this stage's code changes its outputs: every cached result is then recomputed.
@@ -185,9 +184,8 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
             "diagnostics": {k: str(v) for k, v in diagnostics.items()
                             if "Hash" in k or "Mask-" in k or "Image-original" in k},
         }
-        table = pa.table({"cohort": [plan.cohort], "patient_id": [plan.patient_id],
-                          "reader": pa.array([reader], pa.int32()),
-                          **{name: [v] for name, v in values.items()}})
+        table = feature_table([{"cohort": plan.cohort, "patient_id": plan.patient_id,
+                                "reader": reader}], list(values), [list(values.values())])
         store.write_array(ms.array, store.maxslice_path(plan.cohort, reader, plan.patient_id, key))
         store.write_table(table, store.radiomics_path(plan.cohort, reader, plan.patient_id, key),
                           meta)

@@ -1,14 +1,8 @@
 """Load one cohort from the store as the modeler's input, through DuckDB.
 
-Clinical data come from the catalog's ``clinical`` view. Feature families are read with DuckDB
-from exactly the cohort's own files (``Store.radiomics_dir`` / ``Store.dtl_dir``), not through
-the catalog's ``radiomics``/``dtl`` views: those views read every file of every cohort (their
-``union_by_name`` scan opens each footer on every query), and with one wide Parquet file per
-patient that costs tens of seconds per query. The first read of a cohort's files is
-consolidated into ``cache/modeler/<family>-<cohort>-<part>.<key>.parquet``, keyed by the file
-names (which carry the store's content keys), so later runs and predictions read one file;
-any changed, added or removed patient file changes the key and the cache is rebuilt.
-Patients without features are left out and listed, never silently dropped.
+Clinical data come from the catalog's ``clinical`` view; feature families are read from exactly
+the cohort's own files (``Store.radiomics_dir`` / ``Store.dtl_dir``), so a run never scans
+other cohorts. Patients without features are left out and listed, never silently dropped.
 """
 
 from __future__ import annotations
@@ -16,20 +10,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from numpy.typing import NDArray
 
 from shared.hashing import content_key
 from shared.manifest import encode_clinical
-from shared.store import Store
+from shared.store import Store, read_feature_files
 
 _ID_COLUMNS = {"cohort", "patient_id", "reader", "model_id"}
-CACHE_VERSION = "modeler-cache-1"
 
 
 @dataclass
@@ -51,60 +41,21 @@ class CohortData:
         return len(self.X)
 
 
-def _sql_list(paths: Sequence[Path]) -> str:
-    """A DuckDB list literal of file paths."""
-    return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _scan(con: duckdb.DuckDBPyConnection, files: list[Path], readers: Sequence[int]) -> pa.Table:
-    """The files' rows of the wanted readers. Files of one family and cohort normally share
-    one schema, which DuckDB then reads from the first file; only if they differ (another
-    pyradiomics version, say) is the slower ``union_by_name`` scan used."""
-    wanted = ", ".join(str(int(r)) for r in readers)
-    query = (f"SELECT * FROM read_parquet({_sql_list(files)}, hive_partitioning = false{{}}) "
-             f"WHERE reader IN ({wanted}) ORDER BY reader, patient_id")
-    try:
-        return con.sql(query.format("")).to_arrow_table()
-    except duckdb.Error:
-        return con.sql(query.format(", union_by_name = true")).to_arrow_table()
-
-
-def cache_dir(store: Store) -> Path:
-    """Where the modeler keeps consolidated per-cohort feature tables."""
-    return store.root / "cache" / "modeler"
-
-
 def read_features(store: Store, family: str, cohort: str, readers: Sequence[int],
                   model_id: str | None = None) -> pd.DataFrame:
-    """Rows of one family for a cohort's readers: index patient_id, a reader column, features.
-
-    Reads the cohort's own Parquet files with DuckDB once, then the consolidated cache.
-    """
+    """Rows of one family for a cohort's readers: index patient_id, a reader column, features."""
     if family == "radiomics":
         dirs = [store.radiomics_dir(cohort, r) for r in readers]
-        part = "r" + "".join(str(r) for r in readers)
     elif family == "dtl" and model_id is not None:
         dirs = [store.dtl_dir(cohort, model_id)]
-        part = f"{model_id}-r" + "".join(str(r) for r in readers)
     else:
         raise ValueError(f"unknown feature family {family!r} (or DTL without a model id)")
     files = sorted(p for d in dirs for _, _, p in Store.keyed_files(d, ".parquet"))
-    if not files:
+    df = read_feature_files(files)
+    if df.empty:
         return pd.DataFrame(columns=["reader"], index=pd.Index([], name="patient_id"))
-    key = content_key(CACHE_VERSION, family, cohort, list(readers), model_id,
-                      [p.relative_to(store.root).as_posix() for p in files])
-    cache = cache_dir(store) / f"{family}-{cohort}-{part}.{key}.parquet"
-    with duckdb.connect() as con:
-        con.execute("SET enable_progress_bar = false")
-        if cache.is_file():
-            df = con.sql(f"SELECT * FROM read_parquet({_sql_list([cache])})").df()
-        else:
-            table = _scan(con, files, readers)
-            store.write_table(table, cache, {"key": key, "files": len(files), "cohort": cohort,
-                                             "family": family, "model_id": model_id})
-            df = table.to_pandas()
-    cols = [c for c in df.columns
-            if c not in _ID_COLUMNS and pd.api.types.is_numeric_dtype(df[c])]
+    df = df[df["reader"].isin(readers)].sort_values(["reader", "patient_id"])
+    cols = [c for c in df.columns if c not in _ID_COLUMNS]
     out = df[cols].astype(np.float64)
     out.insert(0, "reader", df["reader"].astype(np.int64).to_numpy())
     out.index = pd.Index(df["patient_id"].astype(str), name="patient_id")

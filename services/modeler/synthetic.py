@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from shared.hashing import content_key
 from shared.manifest import register
-from shared.store import Store
+from shared.store import Store, feature_table
 
 # Any readable image/mask pair satisfies the manifest's file checks; features are synthetic.
 REFERENCE_IMAGE = Path("/work/shared/data/pyradiomics/brain1_image.nrrd")
@@ -128,33 +127,25 @@ def _write_family(
     names: list[str], model_id: str | None,
 ) -> None:
     """One Parquet per patient as the extractor (radiomics: one file per reader) or the GPU
-    worker (DTL: one file with a row per reader, float32) writes them.
+    worker (DTL: one file with the rows of every reader) writes them.
 
     ``rows`` maps reader -> (n patients, p) values, NaN rows for patients that reader lacks.
     """
-    dtype = pa.float32() if family == "dtl" else pa.float64()
-    tables = {}
-    for reader, values in rows.items():
-        columns = [pa.array([cohort] * len(patients)), pa.array(patients),
-                   pa.array([reader] * len(patients), pa.int32())]
-        id_names = ["cohort", "patient_id", "reader"]
-        if family == "dtl":
-            columns.append(pa.array([model_id] * len(patients)))
-            id_names.append("model_id")
-        columns += [pa.array(col, dtype) for col in np.ascontiguousarray(values.T)]
-        tables[reader] = pa.Table.from_arrays(columns, names=[*id_names, *names])
     for i, pid in enumerate(patients):
         present = [r for r, v in rows.items() if not np.isnan(v[i]).all()]
         key = content_key(family, cohort, pid, model_id,
                           [rows[r][i].tobytes().hex()[:64] for r in present])
+        ids = [{"cohort": cohort, "patient_id": pid, "reader": r}
+               | ({"model_id": model_id} if family == "dtl" else {}) for r in present]
         if family == "dtl":
             assert model_id is not None
-            table = pa.concat_tables([tables[r].slice(i, 1) for r in present])
+            table = feature_table(ids, names, np.stack([rows[r][i] for r in present]))
             store.write_table(table, store.dtl_path(cohort, model_id, pid, key),
                               {"key": key, "synthetic": True})
             continue
-        for r in present:
-            store.write_table(tables[r].slice(i, 1), store.radiomics_path(cohort, r, pid, key),
+        for r, row_ids in zip(present, ids, strict=True):
+            store.write_table(feature_table([row_ids], names, rows[r][i][None]),
+                              store.radiomics_path(cohort, r, pid, key),
                               {"key": key, "synthetic": True})
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import SimpleITK as sitk
 
@@ -15,7 +14,7 @@ from services.extractor.maxslice import max_slice
 from services.extractor.preprocess import n4_correct, shrink_factors
 from services.extractor.stage import extract_patient
 from shared.config import PreprocessSettings, Settings
-from shared.store import Store
+from shared.store import Store, read_feature_files
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def test_shrink_factors_spare_thick_slices() -> None:
 def test_n4_removes_a_known_bias_field(data_dir: Path) -> None:
     image = read_image(data_dir / "pyradiomics" / "brain1_image.nrrd")
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in arr.shape], indexing="ij")
+    _z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in arr.shape], indexing="ij")
     field = np.exp(0.25 * x + 0.15 * y - 0.1 * x * y)  # smooth, about +-30 %
     original = sitk.GetImageFromArray(arr + 1.0)
     original.CopyInformation(image)
@@ -59,10 +58,11 @@ def test_real_volume_end_to_end(brats: tuple[Path, Path], tmp_path: Path) -> Non
            "mask": str(mask_path), "mask_reader2": None}
     record = extract_patient(store, row, settings)
     assert record.state == "done", record.message
-    (pid, key, path), = Store.keyed_files(store.radiomics_dir("brats", 1), ".parquet")
-    table = pq.read_table(path)
-    assert table.num_columns == 3 + 1130
-    assert table.column("original_shape_VoxelVolume")[0].as_py() == pytest.approx(90740, rel=0.01)
+    (_pid, key, path), = Store.keyed_files(store.radiomics_dir("brats", 1), ".parquet")
+    wide = read_feature_files([path])
+    assert list(wide.columns[:3]) == ["cohort", "patient_id", "reader"]
+    assert wide.shape == (1, 3 + 1130)
+    assert wide["original_shape_VoxelVolume"].iloc[0] == pytest.approx(90740, rel=0.01)
     slice_ = np.load(store.maxslice_path("brats", 1, "case_9", key))
     assert slice_.shape == (2, 224, 224) and slice_.dtype == np.float32
     assert set(np.unique(slice_[1])) == {0.0, 1.0}

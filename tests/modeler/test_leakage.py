@@ -63,11 +63,10 @@ def perturb_test_cohort(syn: SyntheticStore, cohort: str) -> None:
     store, rng = syn.store, np.random.default_rng(99)
     for family_dir in (store.root / "features").glob(f"*/cohort={cohort}/*"):
         for patient, _, path in list(Store.keyed_files(family_dir, ".parquet")):
-            table = pq.read_table(path).to_pandas()
-            feats = [c for c in table.columns if c not in ("cohort", "patient_id", "reader",
-                                                           "model_id")]
-            table[feats] = table[feats] * rng.uniform(0.2, 5.0, len(feats)) + rng.normal(
-                size=(len(table), len(feats)))
+            table = pq.read_table(path).to_pandas()  # long: one row per feature
+            values = table["value"].to_numpy()
+            table["value"] = values * rng.uniform(0.2, 5.0, len(values)) + rng.normal(
+                size=len(values))
             key = f"{rng.integers(2**63):016x}"
             store.write_table(pa.Table.from_pandas(table, preserve_index=False),
                               path.with_name(f"{patient}.{key}.parquet"), {"key": key})
