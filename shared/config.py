@@ -7,6 +7,7 @@ radiomics users already know; everything else is a section below. Load with
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -84,7 +85,7 @@ class CNNSettings(_Section):
     embed_batch_size: int | None = Field(None, ge=1)
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:N"
     cuda_graph: bool = True  # capture the training step in a CUDA graph (CUDA only)
-    threads: int | None = Field(None, ge=1)  # CPU threads; None: $DTLR_THREADS or all cores
+    threads: int | None = Field(None, ge=1)  # CPU threads; None: 1 (quick), else all cores
     gradcam_cases: int = Field(2, ge=0)  # Grad-CAM cases per grade per cohort in the report
 
 
@@ -130,6 +131,24 @@ class Settings(_Section):
 
 class SettingsError(ValueError):
     """A settings file that cannot be used; the message says which key and why."""
+
+
+_THREAD_LIMITS: list[object] = []
+
+
+def share_cores(threads: int) -> None:
+    """Limit this process's SimpleITK, BLAS and OpenMP threads to its share of the cores.
+
+    Processes working side by side must not each start one thread per core: OpenBLAS threads
+    spinning on busy cores made pyradiomics' GLCM (eigenvalues of small matrices) ten times
+    slower (benchmarks/RESULTS.md).
+    """
+    import SimpleITK as sitk
+    from threadpoolctl import threadpool_limits
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    _THREAD_LIMITS.append(threadpool_limits(limits=threads))
 
 
 def shipped_params() -> list[str]:

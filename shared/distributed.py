@@ -29,15 +29,16 @@ class BrokerLostError(RuntimeError):
 
 @dataclass
 class Job:
-    """One task to send, and how to recognise its result in the store."""
+    """One task to send, and how to tell from the store that it finished.
 
-    cohort: str
-    patient_id: str
-    stage: str
+    ``poll`` returns None while the task's results are not in the store, else the status
+    records it produced (one per patient it covered).
+    """
+
     task: str
     args: list[Any]
     queue: str
-    is_done: Callable[[], bool]
+    poll: Callable[[], list[StatusRecord] | None]
 
 
 def broker_alive(url: str) -> bool:
@@ -53,18 +54,23 @@ def _send(app: Celery, job: Job) -> None:
                   retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 0.5})
 
 
-def finished(store: Store, job: Job, submission: str) -> StatusRecord | None:
-    """The job's status record once this submission (or an earlier one) completed it."""
-    record = store.read_status(job.cohort, job.patient_id, job.stage)
-    if record is not None and (record.submission == submission or job.is_done()):
-        return record
+def patient_finished(store: Store, cohort: str, patient_id: str, stage: str, submission: str,
+                     already_done: Callable[[], bool]) -> list[StatusRecord] | None:
+    """A patient's status once this submission wrote it, or once its results are complete.
+
+    The second case covers a task that found its work done (a duplicate after a redelivery)
+    and so wrote nothing new.
+    """
+    record = store.read_status(cohort, patient_id, stage)
+    if record is not None and (record.submission == submission or already_done()):
+        return [record]
     return None
 
 
-def follow(app: Celery, store: Store, jobs: list[Job], submission: str, broker: str,
+def follow(app: Celery, jobs: list[Job], broker: str,
            outage_limit: float = 120.0) -> Iterator[StatusRecord]:
-    """Send ``jobs`` and yield each one's status record as it lands in the store."""
-    pending = {(j.cohort, j.patient_id, j.stage): j for j in jobs}
+    """Send ``jobs`` and yield their status records as their results land in the store."""
+    pending = dict(enumerate(jobs))
     try:
         for job in jobs:
             _send(app, job)
@@ -75,10 +81,10 @@ def follow(app: Celery, store: Store, jobs: list[Job], submission: str, broker: 
     last_check = time.monotonic()
     while pending:
         for ident, job in list(pending.items()):
-            record = finished(store, job, submission)
-            if record is not None:
+            records = job.poll()
+            if records is not None:
                 del pending[ident]
-                yield record
+                yield from records
         if not pending:
             break
         time.sleep(POLL_SECONDS)

@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-import SimpleITK as sitk
 from celery import Celery
 
 from services.extractor.io import InputError
 from services.extractor.stage import PatientPlan, extract_patient, is_done, plan_patient
 from shared import manifest
-from shared.config import Settings
-from shared.distributed import Job, follow
+from shared.config import Settings, share_cores
+from shared.distributed import Job, follow, patient_finished
 from shared.store import StatusRecord, Store
 
 DEMO = "demo"
@@ -104,47 +104,48 @@ def extraction_work(store: Store, cohorts: Iterable[str],
 
 def _init_worker(threads: int) -> None:
     """Pool worker start-up: share the cores between processes instead of oversubscribing."""
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    share_cores(threads)
 
 
-def _extract_in_worker(root: str, row: dict[str, Any], settings: Settings,
-                       submission: str) -> StatusRecord:
-    return extract_patient(Store(root), row, settings, submission)
+def _extract_job(job: Job) -> list[StatusRecord]:
+    """Run an extraction job here, from the same arguments a worker would receive."""
+    root, row, settings, submission = job.args
+    return [extract_patient(Store(root), row, Settings.model_validate(settings), submission)]
 
 
-def run_local(store: Store, work: Work, settings: Settings, jobs: int,
-              submission: str) -> Iterator[StatusRecord]:
-    """Extract in a local process pool (the embedded default), yielding records as they finish."""
-    if not work:
-        return
-    jobs = max(1, min(jobs, len(work)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_extract_in_worker, str(store.root), row, settings, submission)
-                   for row, _ in work]
-        for fut in as_completed(futures):
-            yield fut.result()
+def _extracted(store: Store, plan: PatientPlan | None) -> bool:
+    return plan is not None and is_done(store, plan)
 
 
-def celery_runner(app: Celery, broker: str) -> ExtractRunner:
-    """Extract through the ``cpu`` queue of a Celery broker, following results in the store."""
+class Dispatch:
+    """Where stage work runs: here (``app`` None, the embedded default) or on Celery workers.
 
-    def run(store: Store, work: Work, settings: Settings, jobs: int,
-            submission: str) -> Iterator[StatusRecord]:
-        payload = settings.model_dump(mode="json")
-        tasks = [
-            Job(row["cohort"], row["patient_id"], "extract", "dtlr.extract",
-                [str(store.root), row, payload, submission], "cpu",
-                is_done=(lambda plan=plan: plan is not None and is_done(store, plan)))
-            for row, plan in work
-        ]
-        yield from follow(app, store, tasks, submission, broker)
+    Either way a stage builds the same jobs (task name + JSON arguments); locally they run in
+    ``jobs`` processes (or in this one), remotely they are sent and followed through the store.
+    """
 
-    return run
+    def __init__(self, app: Celery | None = None, broker: str | None = None,
+                 jobs: int = 1) -> None:
+        self.app = app
+        self.broker = broker
+        self.jobs = jobs
 
-
-ExtractRunner = Callable[[Store, Work, Settings, int, str], Iterator[StatusRecord]]
+    def run(self, jobs: list[Job], local: Callable[[Job], list[StatusRecord]],
+            parallel: bool = False) -> Iterator[StatusRecord]:
+        """Each job's status records as jobs finish (``parallel``: in a local process pool)."""
+        if self.app is not None:
+            assert self.broker is not None
+            yield from follow(self.app, jobs, self.broker)
+        elif not parallel or self.jobs == 1 or len(jobs) < 2:
+            for job in jobs:
+                yield from local(job)
+        else:
+            workers = min(self.jobs, len(jobs))
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                     initargs=(threads,)) as pool:
+                for fut in as_completed([pool.submit(local, job) for job in jobs]):
+                    yield from fut.result()
 
 
 def new_submission() -> str:
@@ -152,9 +153,8 @@ def new_submission() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def run_extraction(store: Store, cohorts: list[str], settings: Settings, jobs: int,
-                   submission: str, runner: ExtractRunner = run_local,
-                   on_record: Callable[[StatusRecord], None] | None = None,
+def run_extraction(store: Store, cohorts: list[str], settings: Settings, submission: str,
+                   dispatch: Dispatch, on_record: Callable[[StatusRecord], None] | None = None,
                    on_plan: Callable[[int, int], None] | None = None) -> StageSummary:
     """Extract every patient of ``cohorts`` whose results are missing; skip the rest."""
     t0 = time.perf_counter()
@@ -162,8 +162,13 @@ def run_extraction(store: Store, cohorts: list[str], settings: Settings, jobs: i
     if on_plan:
         on_plan(len(work), len(skipped))
     summary = StageSummary("extract", skipped=skipped)
+    payload = settings.model_dump(mode="json")
+    jobs = [Job("dtlr.extract", [str(store.root), row, payload, submission], "cpu",
+                poll=partial(patient_finished, store, row["cohort"], row["patient_id"],
+                             "extract", submission, partial(_extracted, store, plan)))
+            for row, plan in work]
     try:
-        for record in runner(store, work, settings, jobs, submission):
+        for record in dispatch.run(jobs, _extract_job, parallel=True):
             summary.ran.append(record)
             if on_record:
                 on_record(record)
@@ -171,3 +176,129 @@ def run_extraction(store: Store, cohorts: list[str], settings: Settings, jobs: i
         store.refresh_catalog()
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+
+def _stage_record(cohort: str, stage: str, state: str, message: str = "",
+                  key: str = "", seconds: float = 0.0) -> StatusRecord:
+    """A cohort-level status (fine-tuning), shaped like the per-patient ones."""
+    return StatusRecord(cohort=cohort, patient_id="*", stage=stage, state=state, message=message,
+                        key=key, seconds=round(seconds, 3),
+                        finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def _finetune_outcome(store: Store, train: str, model_id: str) -> list[StatusRecord] | None:
+    """The fine-tuning's outcome once the store has it (a finished model or a failure note)."""
+    from services.gpu_worker.run import failure_path, is_trained
+
+    if is_trained(store, model_id):
+        return [_stage_record(train, "finetune", "done", key=model_id)]
+    failure = failure_path(store, model_id)
+    if failure.is_file():
+        return [_stage_record(train, "finetune", "failed", json.loads(failure.read_text())
+                              ["message"], key=model_id)]
+    return None
+
+
+def run_finetune(store: Store, train: str, cohorts: list[str], settings: Settings,
+                 dispatch: Dispatch) -> tuple[str | None, StageSummary]:
+    """Fine-tune the CNN on ``train`` (reused when an identical model exists)."""
+    from services.gpu_worker import run as gpu
+
+    t0 = time.perf_counter()
+    summary = StageSummary("finetune")
+    extra = [c for c in cohorts if c != train]
+    try:
+        plan = gpu.plan_finetune(store, train, settings, extra)
+    except gpu.TrainingDataError as exc:
+        summary.ran.append(_stage_record(train, "finetune", "failed", str(exc)))
+        return None, summary
+    if gpu.is_trained(store, plan.model_id):
+        summary.skipped.append(_stage_record(train, "finetune", "done", key=plan.model_id))
+        return plan.model_id, summary
+    gpu.failure_path(store, plan.model_id).unlink(missing_ok=True)
+
+    def local(_: Job) -> list[StatusRecord]:
+        try:
+            gpu.finetune(store, train, settings, extra)
+        except gpu.TrainingDataError as exc:
+            return [_stage_record(train, "finetune", "failed", str(exc), plan.model_id)]
+        return [_stage_record(train, "finetune", "done", key=plan.model_id)]
+
+    job = Job("dtlr.finetune", [str(store.root), train, settings.model_dump(mode="json"), extra],
+              "gpu", poll=partial(_finetune_outcome, store, train, plan.model_id))
+    summary.ran.extend(dispatch.run([job], local))
+    for record in summary.ran:
+        record.seconds = round(time.perf_counter() - t0, 3)
+    summary.seconds = time.perf_counter() - t0
+    return (plan.model_id if not summary.failed else None), summary
+
+
+def run_embedding(store: Store, cohorts: list[str], model_id: str, settings: Settings,
+                  submission: str, dispatch: Dispatch, batch_size: int = 64,
+                  on_record: Callable[[StatusRecord], None] | None = None,
+                  on_plan: Callable[[int, int], None] | None = None) -> StageSummary:
+    """Embed every patient of ``cohorts`` not yet embedded with ``model_id``, in batches."""
+    from services.gpu_worker import run as gpu
+    from services.gpu_worker.embed import STAGE, is_embedded
+
+    t0 = time.perf_counter()
+    summary = StageSummary("embed")
+    payload = settings.model_dump(mode="json")
+    jobs: list[Job] = []
+    for cohort in cohorts:
+        todo = []
+        for pid in manifest.load(store, cohort)["patient_id"]:
+            if is_embedded(store, cohort, model_id, pid):
+                status = store.read_status(cohort, pid, STAGE)
+                assert status is not None
+                summary.skipped.append(status)
+            else:
+                todo.append(pid)
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            polls = [partial(patient_finished, store, cohort, pid, STAGE, submission,
+                             partial(is_embedded, store, cohort, model_id, pid)) for pid in batch]
+            jobs.append(Job("dtlr.embed", [str(store.root), cohort, model_id, payload, batch,
+                                           submission], "gpu", poll=partial(_all_done, polls)))
+    if on_plan:
+        on_plan(sum(len(j.args[4]) for j in jobs), len(summary.skipped))
+
+    def local(job: Job) -> list[StatusRecord]:
+        _, cohort, _, _, batch, _ = job.args
+        return gpu.embed(store, cohort, model_id, settings, batch, submission)
+
+    try:
+        for record in dispatch.run(jobs, local):
+            summary.ran.append(record)
+            if on_record:
+                on_record(record)
+    finally:
+        store.refresh_catalog()
+        summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _all_done(polls: list[Callable[[], list[StatusRecord] | None]]) -> list[StatusRecord] | None:
+    """A batch is finished when every patient in it is."""
+    out: list[StatusRecord] = []
+    for poll in polls:
+        records = poll()
+        if records is None:
+            return None
+        out += records
+    return out
+
+
+def run_model(store: Store, train: str, tests: list[str], settings: Settings,
+              model_id: str | None) -> Any:
+    """Fit and evaluate the models (with the CNN's section in the report when there is one)."""
+    from services.modeler.run import run_modeler
+
+    sections = []
+    if model_id is not None:
+        from services.gpu_worker.run import cnn_report_section
+
+        sections.append(cnn_report_section(store, model_id, [train, *tests], settings))
+    return run_modeler(store, train, tests, settings, dtl_model_id=model_id,
+                       extra_sections=sections)

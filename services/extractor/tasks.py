@@ -6,12 +6,11 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-import SimpleITK as sitk
 from celery import shared_task
 from celery.signals import worker_process_init
 
 from services.extractor.stage import extract_patient
-from shared.config import Settings
+from shared.config import Settings, share_cores
 from shared.store import Store, StoreWriteError
 
 
@@ -29,5 +28,4 @@ def _share_cores(**_: Any) -> None:
     """Each pool process uses its share of the cores (set by dtlr-worker)."""
     threads = int(os.environ.get("DTLR_THREADS", "0"))
     if threads:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+        share_cores(threads)

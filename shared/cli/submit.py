@@ -50,9 +50,37 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
             console.print(f"[red]failed[/red] {s.stage} {r.cohort}/{r.patient_id}: {r.message}")
 
 
+def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
+               settings: Settings, dispatch: pipeline.Dispatch,
+               summaries: list[pipeline.StageSummary]) -> str | None:
+    """Extraction, then (with a training cohort) fine-tuning and embedding; the CNN's id."""
+    submission = pipeline.new_submission()
+    with progress_bar("extract") as (on_plan, on_record):
+        summaries.append(pipeline.run_extraction(store, names, settings, submission, dispatch,
+                                                 on_record, on_plan))
+    if train is None or not cnn:
+        return None
+    with progress_bar("fine-tune CNN") as (on_plan, on_record):
+        on_plan(1, 0)
+        model_id, tuned = pipeline.run_finetune(store, train, names, settings, dispatch)
+        on_record(tuned.ran[0] if tuned.ran else tuned.skipped[0])
+    summaries.append(tuned)
+    if model_id is None:
+        return None
+    with progress_bar("embed") as (on_plan, on_record):
+        summaries.append(pipeline.run_embedding(store, names, model_id, settings, submission,
+                                                dispatch, on_record=on_record, on_plan=on_plan))
+    return model_id
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cohort", "cohorts", multiple=True, required=True,
               help="Registered cohort to run (repeatable); 'demo' runs both demo hospitals.")
+@click.option("--train", default=None,
+              help="Training cohort: fine-tune the CNN and fit the models on it, test on the "
+                   "others ('demo' trains on demo-hospitalA). Without it: extraction only.")
+@click.option("--cnn/--no-cnn", default=True, show_default=True,
+              help="Fine-tune the CNN and add DTL features (needs --train).")
 @click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
               show_default="number of cores", help="Local worker processes.")
 @click.option("--broker", default=None,
@@ -60,9 +88,9 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
                    "without it everything runs here (the embedded default).")
 @store_option
 @settings_option
-def submit(cohorts: tuple[str, ...], jobs: int, broker: str | None, store: Store,
-           settings: Settings) -> None:
-    """Extract radiomics features and max slices for every patient of the given cohorts.
+def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, jobs: int,
+           broker: str | None, store: Store, settings: Settings) -> None:
+    """Run cohorts through the pipeline: extraction, CNN, models and report.
 
     Work already in the store is skipped, so re-running resumes. Exits non-zero when any
     patient failed; the other patients complete.
@@ -73,24 +101,33 @@ def submit(cohorts: tuple[str, ...], jobs: int, broker: str | None, store: Store
             pipeline.manifest.load(store, name)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
+    if train is None and pipeline.DEMO in cohorts:
+        train = names[0]
+    if train is not None and train not in names:
+        raise click.BadParameter(f"{train!r} is not among the submitted cohorts "
+                                 f"({', '.join(names)})", param_hint="--train")
     url = broker_url(broker)
-    runner = pipeline.run_local if url is None else pipeline.celery_runner(make_app(url), url)
-    submission = pipeline.new_submission()
+    dispatch = pipeline.Dispatch(None if url is None else make_app(url), url, jobs)
     summaries: list[pipeline.StageSummary] = []
     try:
-        with progress_bar("extract") as (on_plan, on_record):
-            summaries.append(pipeline.run_extraction(store, names, settings, jobs, submission,
-                                                     runner, on_record, on_plan))
+        model_id = run_stages(store, names, train, cnn, settings, dispatch, summaries)
     except BrokerLostError as exc:
+        print_summary(summaries)
         console.print(f"[red]stopped[/red]: {exc}")
         sys.exit(3)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: finished patients are in the store and "
+        console.print("[yellow]interrupted[/yellow]: finished work is in the store and "
                       "nothing half-written is left; run the same command again to resume"
                       + ("" if url is None else " (tasks already queued still run on the "
                          "workers)"))
         sys.exit(130)
     print_summary(summaries)
+    if train is not None:
+        from services.modeler.run import render_table3
+
+        result = pipeline.run_model(store, train, [n for n in names if n != train], settings,
+                                    model_id)
+        render_table3(result.table3, console)
+        console.print(f"report: {result.report_path}")
     if any(s.failed for s in summaries):
         sys.exit(1)
-
