@@ -75,7 +75,7 @@ def test_structural_errors_name_line_column_and_fix(tmp_path: Path,
 
 def test_missing_columns_refused(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, [{"patient_id": "P1", "img": "a.nii"}])
-    with pytest.raises(manifest.ManifestError, match="missing column.*image, mask"):
+    with pytest.raises(manifest.ManifestError, match=r"missing column.*image, mask"):
         manifest.read_manifest(path, "h")
 
 
@@ -97,5 +97,5 @@ def test_file_problems_warn_but_register(tmp_path: Path, images: tuple[str, str]
 
 
 def test_unregistered_cohort_message(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="dtlr cohort add nope manifest.csv"):
+    with pytest.raises(KeyError, match=r"dtlr cohort add nope manifest\.csv"):
         manifest.load(Store(tmp_path), "nope")
