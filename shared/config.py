@@ -107,6 +107,11 @@ class ModelerSettings(_Section):
     # Nomogram: L2-penalised logistic regression with this C on z-scored predictors (finite
     # coefficients even when in-sample scores separate the grades); null = unpenalised MLE.
     nomogram_c: float | None = Field(1.0, gt=0)
+    # Rad/DTL scores the nomogram is fitted on: "out-of-fold" (each training patient scored by
+    # selection pipelines fitted without its fold; see services/modeler/models.py) or the
+    # paper's "in-sample" scores.
+    nomogram_scores: Literal["out-of-fold", "in-sample"] = "out-of-fold"
+    nomogram_folds: int = Field(5, ge=2)
     hosmer_lemeshow_groups: int = Field(10, ge=3)
     calibration_bins: int = Field(10, ge=2)
 

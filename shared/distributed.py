@@ -9,6 +9,7 @@ stops with a message saying how to resume.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from kombu.exceptions import OperationalError
 from shared.store import StatusRecord, Store
 
 POLL_SECONDS = 0.5
+# How long the coordinator waits for a broker that went away before it stops (seconds).
+OUTAGE_ENV = "DTLR_BROKER_OUTAGE_S"
 
 
 class BrokerLostError(RuntimeError):
@@ -41,12 +44,13 @@ class Job:
     poll: Callable[[], list[StatusRecord] | None]
 
 
-def broker_alive(url: str) -> bool:
-    """Whether the Redis broker answers a PING within a second."""
+def broker_identity(url: str) -> str | None:
+    """The Redis server's run id (new after every restart), or None when it does not answer."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        return str(client.info("server")["run_id"])
     except redis.RedisError:
-        return False
+        return None
 
 
 def _send(app: Celery, job: Job) -> None:
@@ -68,8 +72,10 @@ def patient_finished(store: Store, cohort: str, patient_id: str, stage: str, sub
 
 
 def follow(app: Celery, jobs: list[Job], broker: str,
-           outage_limit: float = 120.0) -> Iterator[StatusRecord]:
+           outage_limit: float | None = None) -> Iterator[StatusRecord]:
     """Send ``jobs`` and yield their status records as their results land in the store."""
+    if outage_limit is None:
+        outage_limit = float(os.environ.get(OUTAGE_ENV, "120"))
     pending = dict(enumerate(jobs))
     try:
         for job in jobs:
@@ -77,6 +83,7 @@ def follow(app: Celery, jobs: list[Job], broker: str,
     except OperationalError as exc:
         raise BrokerLostError(f"cannot reach the broker at {broker} ({exc}); start Redis (or fix "
                          "--broker / DTLR_BROKER_URL) and re-submit") from exc
+    identity = broker_identity(broker)
     down_since: float | None = None
     last_check = time.monotonic()
     while pending:
@@ -91,12 +98,14 @@ def follow(app: Celery, jobs: list[Job], broker: str,
         if time.monotonic() - last_check < 2.0:
             continue
         last_check = time.monotonic()
-        if broker_alive(broker):
-            if down_since is not None:
-                # Messages queued or in flight may have gone with the broker: send them again.
+        now = broker_identity(broker)
+        if now is not None:
+            if now != identity:
+                # A restarted broker lost the queued and in-flight messages: send them again.
                 for job in pending.values():
                     _send(app, job)
-                down_since = None
+                identity = now
+            down_since = None
         elif down_since is None:
             down_since = time.monotonic()
         elif time.monotonic() - down_since > outage_limit:

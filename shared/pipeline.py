@@ -295,10 +295,12 @@ def run_model(store: Store, train: str, tests: list[str], settings: Settings,
     """Fit and evaluate the models (with the CNN's section in the report when there is one)."""
     from services.modeler.run import run_modeler
 
-    sections = []
-    if model_id is not None:
+    def sections() -> list[Any]:
+        if model_id is None:
+            return []
         from services.gpu_worker.run import cnn_report_section
 
-        sections.append(cnn_report_section(store, model_id, [train, *tests], settings))
+        return [cnn_report_section(store, model_id, [train, *tests], settings)]
+
     return run_modeler(store, train, tests, settings, dtl_model_id=model_id,
                        extra_sections=sections)

@@ -3,11 +3,18 @@
 Clinical model: SVM on the clinical features chosen by :class:`ClinicalSelector`.
 Radiomics / DTL models: SVM on each family's LASSO-selected features (:mod:`selection`).
 Nomogram: logistic regression on the selected clinical features in natural units + Rad score
-(+ DTL score), the LASSO linear predictors. It is fitted on z-scored predictors with an L2
-penalty (``nomogram_c``, sklearn's default C = 1; None = unpenalised MLE as rms::lrm), because
-in-sample scores can separate the grades and the unpenalised MLE then does not exist; the
-coefficients are mapped back to natural units, so the linear predictor stays
-``intercept + sum(coef x predictor)`` and the nomogram reads in natural units.
+(+ DTL score), the LASSO linear predictors. By default (``nomogram_scores="out-of-fold"``) it
+is fitted on out-of-fold scores: each training patient's Rad/DTL score comes from the whole
+selection pipeline (ICC, z-score, Spearman, LASSO) refitted without that patient's fold, so
+the nomogram weighs each score by how well it predicts patients it has not seen (stacked
+generalisation, Wolpert 1992). The paper fitted it on in-sample scores, which a LASSO fitted
+on the same patients makes look better than they are (``"in-sample"`` reproduces that). New
+patients always get the scores of the pipelines fitted on the whole training cohort. It is
+fitted on z-scored predictors with an L2 penalty (``nomogram_c``, sklearn's default C = 1;
+None = unpenalised MLE as rms::lrm), because scores can separate the grades and the
+unpenalised MLE then does not exist; the coefficients are mapped back to natural units, so the
+linear predictor stays ``intercept + sum(coef x predictor)`` and the nomogram reads in natural
+units.
 Each model's decision threshold is Youden's J on its own training predictions.
 
 Input is one DataFrame per cohort, indexed by patient_id, with family-prefixed columns
@@ -66,7 +73,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
                  spearman_threshold: float = 0.9, lasso_cv_folds: int = 10,
                  lasso_alphas: int = 100, clinical_p_threshold: float = 0.05,
                  svm_kernel: str = "rbf", svm_c: float = 1.0, platt_cv_folds: int = 5,
-                 nomogram_c: float | None = 1.0, random_state: int = 0) -> None:
+                 nomogram_c: float | None = 1.0, nomogram_scores: str = "out-of-fold",
+                 nomogram_folds: int = 5, random_state: int = 0) -> None:
         self.icc_form = icc_form
         self.icc_threshold = icc_threshold
         self.spearman_threshold = spearman_threshold
@@ -77,6 +85,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.svm_c = svm_c
         self.platt_cv_folds = platt_cv_folds
         self.nomogram_c = nomogram_c
+        self.nomogram_scores = nomogram_scores
+        self.nomogram_folds = nomogram_folds
         self.random_state = random_state
 
     @classmethod
@@ -87,7 +97,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
                    spearman_threshold=m.spearman_threshold, lasso_cv_folds=m.lasso_cv_folds,
                    lasso_alphas=m.lasso_alphas, clinical_p_threshold=m.clinical_p_threshold,
                    svm_kernel=m.svm_kernel, svm_c=m.svm_c, platt_cv_folds=m.platt_cv_folds,
-                   nomogram_c=m.nomogram_c, random_state=settings.seed)
+                   nomogram_c=m.nomogram_c, nomogram_scores=m.nomogram_scores,
+                   nomogram_folds=m.nomogram_folds, random_state=settings.seed)
 
     def _svm(self) -> CalibratedClassifierCV:
         """SVM with Platt-scaled probabilities from seeded stratified CV (sklearn's replacement
@@ -126,6 +137,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
             self.family_models_[family] = pipe.fit(family_columns(X, family), y,
                                                    icc__reader2=reader2.get(family))
         design = self.nomogram_design(X)
+        if self.nomogram_scores == "out-of-fold":
+            design[list(self.scores(X).columns)] = self._out_of_fold_scores(X, y, reader2)
         self.nomogram_features_ = list(design.columns)
         self._fit_nomogram(design.to_numpy(np.float64), y)
         self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
@@ -133,6 +146,21 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         train = self.predict_proba_models(X)
         self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}
         return self
+
+    def _out_of_fold_scores(self, X: pd.DataFrame, y: NDArray[np.int64],
+                            reader2: dict[str, pd.DataFrame]) -> NDArray[np.float64]:
+        """Each training patient's scores from selection pipelines fitted without its fold."""
+        folds = StratifiedKFold(self.nomogram_folds, shuffle=True,
+                                random_state=self.random_state)
+        out = np.empty((len(X), len(self.families_)))
+        for fit_rows, held_out in folds.split(X, y):
+            for j, family in enumerate(self.families_):
+                columns = family_columns(X, family)
+                pipe = selection_pipeline(self._selection_settings(), self.random_state)
+                pipe.fit(columns.iloc[fit_rows], y[fit_rows], icc__reader2=reader2.get(family))
+                selected = pipe.transform(columns.iloc[held_out])
+                out[held_out, j] = pipe.named_steps["lasso"].linear_score(selected)
+        return out
 
     def _fit_nomogram(self, design: NDArray[np.float64], y: NDArray[np.int64]) -> None:
         """Logistic regression on z-scored predictors, coefficients back in natural units."""

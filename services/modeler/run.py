@@ -12,7 +12,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,18 +122,20 @@ def run_modeler(
     run_id: str | None = None,
     *,
     protocol: Protocol | None = None,
-    extra_sections: Sequence[ReportSection] = (),
+    extra_sections: Callable[[], Sequence[ReportSection]] = tuple,
 ) -> RunResult:
     """Fit every model on ``train``, evaluate on it and on each of ``tests``, write the report.
 
     ``protocol`` (default: ``settings.cnn.protocol``) says how the CNN behind the DTL features
-    was fine-tuned; it is stated on the report's first line. ``extra_sections`` are appended
-    under "Deep transfer learning" (the GPU stage's CNN metrics and Grad-CAM). The run id
-    defaults to a content key of the inputs and settings, so an identical re-run overwrites
-    its own results.
+    was fine-tuned; it is stated on the report's first line. ``extra_sections`` builds the
+    sections appended under "Deep transfer learning" (the GPU stage's CNN metrics and
+    Grad-CAM); it is only called when a report is written. The run id defaults to a content key
+    of the inputs and settings, so an identical re-run finds its results in the store and
+    returns them without fitting or writing anything.
     """
     if train in tests:
         raise ValueError(f"cohort {train!r} is both the training and a test cohort")
+    run_id_given = run_id
     clock = _Clock()
     store.refresh_catalog()
     dtl_id = resolve_dtl_model(store, train, dtl_model_id)
@@ -149,6 +151,8 @@ def run_modeler(
         {d.cohort: d.input_keys for d in [train_data, *test_data]}, length=12)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     clock.lap("load")
+    if run_id_given is None and _finished(store, run_id):
+        return _stored_result(store, run_id, clock)
 
     model = DTLRModel.from_settings(settings).fit(train_data.X, train_data.y,
                                                   reader2=train_data.reader2)
@@ -183,11 +187,30 @@ def run_modeler(
         run_id=run_id, created=created, protocol=protocol, model=model, train=train_data,
         tests=test_data, evaluations=evaluations, table3=t3,
         settings={"seed": settings.seed, **settings.modeler.model_dump(mode="json")},
-        versions=versions(), extra_sections=extra_sections))
+        versions=versions(), extra_sections=extra_sections()))
     report_path = run_dir / "report.html"
     _write_text(report_path, html)
     clock.lap("report")
     return RunResult(run_id, report_path, model_dir, t3, metrics, model, clock.seconds())
+
+
+def _finished(store: Store, run_id: str) -> bool:
+    """Whether a run with this id wrote everything (the report is written last)."""
+    run_dir = store.run_dir(run_id)
+    return all((run_dir / name).is_file() for name in
+               ("metrics.parquet", "predictions.parquet", "table3.csv", "report.html"))
+
+
+def _stored_result(store: Store, run_id: str, clock: _Clock) -> RunResult:
+    """The RunResult of a finished run, read back from the store."""
+    run_dir = store.run_dir(run_id)
+    model, _ = load_model(store, run_id)
+    result = RunResult(run_id, run_dir / "report.html", store.model_dir(run_id),
+                       pd.read_csv(run_dir / "table3.csv"),
+                       pd.read_parquet(run_dir / "metrics.parquet"), model, {})
+    clock.lap("reused")
+    result.seconds.update(clock.seconds())
+    return result
 
 
 class _Clock:

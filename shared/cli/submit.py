@@ -81,6 +81,12 @@ def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
                    "others ('demo' trains on demo-hospitalA). Without it: extraction only.")
 @click.option("--cnn/--no-cnn", default=True, show_default=True,
               help="Fine-tune the CNN and add DTL features (needs --train).")
+@click.option("--weights", default=None,
+              help="CNN start: 'imagenet' (torchvision's cache; the default), a local weights "
+                   "file, or 'random' (recorded in the report).")
+@click.option("--protocol", type=click.Choice(["leakage-safe", "paper"]), default=None,
+              help="'paper' fine-tunes the CNN on training and test slices together, as the "
+                   "paper did (the report says so); default leakage-safe.")
 @click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
               show_default="number of cores", help="Local worker processes.")
 @click.option("--broker", default=None,
@@ -88,8 +94,9 @@ def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
                    "without it everything runs here (the embedded default).")
 @store_option
 @settings_option
-def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, jobs: int,
-           broker: str | None, store: Store, settings: Settings) -> None:
+def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str | None,
+           protocol: str | None, jobs: int, broker: str | None, store: Store,
+           settings: Settings) -> None:
     """Run cohorts through the pipeline: extraction, CNN, models and report.
 
     Work already in the store is skipped, so re-running resumes. Exits non-zero when any
@@ -106,6 +113,9 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, jobs: int,
     if train is not None and train not in names:
         raise click.BadParameter(f"{train!r} is not among the submitted cohorts "
                                  f"({', '.join(names)})", param_hint="--train")
+    overrides = {k: v for k, v in (("weights", weights), ("protocol", protocol)) if v}
+    if overrides:
+        settings = settings.model_copy(update={"cnn": settings.cnn.model_copy(update=overrides)})
     url = broker_url(broker)
     dispatch = pipeline.Dispatch(None if url is None else make_app(url), url, jobs)
     summaries: list[pipeline.StageSummary] = []

@@ -39,7 +39,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     fig.savefig(png, format="png")
     extra = ReportSection("CNN fine-tuning", "<p id='cnn-extra'>CNN AUC 0.79</p>",
                           [(png.getvalue(), "Grad-CAM overlay"), (fig, "CNN training curve")])
-    result = run_modeler(syn.store, "A", ["B"], Settings(), extra_sections=[extra])
+    result = run_modeler(syn.store, "A", ["B"], Settings(), extra_sections=lambda: [extra])
     return Run(syn, result, result.report_path.read_text())
 
 

@@ -1,0 +1,150 @@
+"""The whole demo end to end: `dtlr-submit --cohort demo` on the embedded default.
+
+One run of the real command (default demo size: 120 + 40 patients, 20 second readers) feeds
+every test here. The CNN starts from random weights because ImageNet weights cannot be
+downloaded on the test machines; that is asked for explicitly (`--weights random`) and the
+report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.gpu_worker.data import list_slices, load_images, normalise, read_slices
+from services.gpu_worker.embed import load_model as load_cnn
+from services.gpu_worker.gradcam import cam_mass_inside, clearest_cases, gradcam_maps
+from services.gpu_worker.profiles import resolve
+from services.modeler.persist import load_model
+from shared.config import CNNSettings
+from shared.store import Store
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+N_TRAIN, N_TEST, N_READER2 = 120, 40, 20
+
+
+@dataclass
+class DemoRun:
+    store: Store
+    output: str
+
+
+def submit(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "dtlr-submit"), "--cohort", "demo", "--weights", "random",
+                           "--store", str(root)], capture_output=True, text=True, timeout=1800)
+
+
+def sql(store: Store, query: str) -> list[dict]:
+    out = subprocess.run([str(BIN / "dtlr-sql"), query, "--json", "--store", str(store.root)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    root = tmp_path_factory.mktemp("demo") / "store"
+    result = submit(root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return DemoRun(Store(root), result.stdout + result.stderr)
+
+
+def run_id(store: Store) -> str:
+    (run,) = [p.name for p in (store.root / "runs").iterdir()]
+    return run
+
+
+def test_radiomics_has_one_row_per_patient_and_reader(demo: DemoRun) -> None:
+    assert sql(demo.store, "SELECT count(*) AS n FROM radiomics") == [
+        {"n": N_TRAIN + N_TEST + N_READER2}]
+    rows = sql(demo.store, "SELECT cohort, reader, count(DISTINCT patient_id) AS n FROM "
+                           "radiomics GROUP BY ALL ORDER BY ALL")
+    assert rows == [{"cohort": "demo-hospitalA", "reader": 1, "n": N_TRAIN},
+                    {"cohort": "demo-hospitalA", "reader": 2, "n": N_READER2},
+                    {"cohort": "demo-hospitalB", "reader": 1, "n": N_TEST}]
+    columns = sql(demo.store, "SELECT count(*) AS n FROM (DESCRIBE radiomics)")
+    assert columns == [{"n": 3 + 1130}]
+
+
+def test_dtl_view_has_2048_features_per_patient_and_reader(demo: DemoRun) -> None:
+    described = sql(demo.store, "DESCRIBE dtl")
+    names = [c["column_name"] for c in described]
+    assert names[:4] == ["cohort", "patient_id", "reader", "model_id"]
+    assert names[4:] == [f"dtl_{i:04d}" for i in range(2048)]
+    assert sql(demo.store, "SELECT count(*) AS n, count(DISTINCT model_id) AS m FROM dtl "
+                           "WHERE dtl_0000 IS NOT NULL") == [
+        {"n": N_TRAIN + N_TEST + N_READER2, "m": 1}]
+
+
+def test_nomogram_uses_dtl_score_and_beats_the_clinical_model(demo: DemoRun) -> None:
+    _, meta = load_model(demo.store, run_id(demo.store))
+    assert "dtl_score" in meta["nomogram"]["predictors"]
+    assert "rad_score" in meta["nomogram"]["predictors"]
+    auc = {r["model"]: r["value"] for r in sql(
+        demo.store, "SELECT model, value FROM metrics WHERE cohort = 'demo-hospitalB' "
+                    "AND metric = 'auc'")}
+    assert set(auc) == {"clinical", "radiomics", "dtl", "nomogram"}
+    assert auc["nomogram"] > auc["clinical"]
+
+
+def test_report_has_every_model_metric_and_figure(demo: DemoRun) -> None:
+    report = (demo.store.run_dir(run_id(demo.store)) / "report.html").read_text()
+    assert report.lstrip().startswith("<!DOCTYPE html>")
+    assert "leakage-safe" in report.split("<h1", 2)[1][:2000] or "leakage-safe" in report[:4000]
+    assert "RANDOM weights" in report
+    metrics = sql(demo.store, "SELECT DISTINCT cohort, model, metric FROM metrics")
+    have = {(m["cohort"], m["model"], m["metric"]) for m in metrics}
+    for cohort in ("demo-hospitalA", "demo-hospitalB"):
+        for model in ("clinical", "radiomics", "dtl", "nomogram"):
+            for metric in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv",
+                           "hosmer_lemeshow_p"):
+                assert (cohort, model, metric) in have, (cohort, model, metric)
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Formula 1", "Formula 2",
+                    "Nomogram", "Calibration", "Decision curve", "ROC", "Grad-CAM"):
+        assert heading in report, heading
+    assert report.count("data:image/png;base64,") >= 8
+
+
+def test_gradcam_maps_fall_inside_the_tumour_on_clear_high_grade_cases(demo: DemoRun) -> None:
+    cohort = "demo-hospitalA"
+    (model_id,) = {r["model_id"] for r in sql(demo.store, "SELECT DISTINCT model_id FROM dtl")}
+    runtime = resolve(CNNSettings(weights="random"))
+    loaded = load_cnn(demo.store, model_id, runtime)
+    refs = list_slices(demo.store, cohort)
+    images, problems = load_images(refs, loaded.image_size, torch.device("cpu"))
+    assert not any(problems)
+    with torch.no_grad():
+        probs = torch.sigmoid(loaded.net(normalise(images, channels_last=False))).numpy()
+    ids = [r.patient_id for r in refs]
+    clearest = clearest_cases(ids, [r.label for r in refs], list(probs), 5)[:5]
+    chosen = [i for i, pid in enumerate(ids) if pid in clearest and refs[i].label == 1]
+    assert len(chosen) == 5
+    raw, _ = read_slices([refs[i] for i in chosen])
+    maps = gradcam_maps(loaded.net, images[chosen], raw.shape[-2:], [1] * len(chosen))
+    for cam, max_slice in zip(maps, raw, strict=True):
+        assert cam.shape == max_slice.shape[1:] == (224, 224)
+        assert cam_mass_inside(cam, max_slice) > 0.5
+
+
+def test_second_submit_extracts_nothing_and_rewrites_no_file(demo: DemoRun) -> None:
+    before = {p: p.stat().st_mtime_ns for p in demo.store.root.rglob("*") if p.is_file()}
+    statuses = {(r.cohort, r.patient_id, r.stage): r for c in ("demo-hospitalA",
+                                                                "demo-hospitalB")
+                for r in demo.store.statuses(c)}
+    again = submit(demo.store.root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in again.stderr.splitlines()
+            if line.startswith("│ extract")]
+    assert rows == [["extract", "0", str(N_TRAIN + N_TEST), "0", rows[0][-1]]]
+    after = {p: p.stat().st_mtime_ns for p in demo.store.root.rglob("*") if p.is_file()}
+    assert after == before
+    for c in ("demo-hospitalA", "demo-hospitalB"):
+        for r in demo.store.statuses(c):
+            assert statuses[(r.cohort, r.patient_id, r.stage)] == r
