@@ -99,7 +99,6 @@ class ModelerSettings(_Section):
     icc_threshold: float = Field(0.8, ge=0, le=1)
     spearman_threshold: float = Field(0.9, gt=0, le=1)
     lasso_cv_folds: int = Field(10, ge=2)
-    lasso_alphas: int = Field(100, ge=5)  # lambdas on the LASSO path
     clinical_p_threshold: float = Field(0.05, gt=0, lt=1)
     svm_kernel: Literal["rbf", "linear"] = "rbf"
     svm_c: float = Field(1.0, gt=0)

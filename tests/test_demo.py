@@ -18,6 +18,7 @@ from shared.demo import (
     DEMO_SCALE,
     FINDINGS,
     MANIFEST_COLUMNS,
+    MIN_DIAMETER_MM,
     demo_table,
     make_demo,
     plan_cohort,
@@ -109,11 +110,12 @@ def test_default_sizes_are_balanced() -> None:
 
 @pytest.mark.parametrize(("cohort", "significant"), [
     (DEMO_COHORTS[0], ("sex", "shape", "indistinct_margin", "peritumoral_edema")),
-    (DEMO_COHORTS[1], ("shape", "indistinct_margin", "peritumoral_edema")),
+    (DEMO_COHORTS[1], ()),
 ])
 def test_table1_effects_hold(cohort: str, significant: tuple[str, ...]) -> None:
-    """Male sex, irregular shape, indistinct margin, oedema and size go with high grade, with
-    chi-square p < 0.05 at the default sizes (sex only in the 120-patient training cohort);
+    """Male sex, irregular shape, indistinct margin, oedema and size go with high grade in both
+    hospitals (both drawn at Table 1's training rates), with chi-square p < 0.05 in the
+    120-patient training cohort (40 test patients are too few for each finding alone);
     location does not differ (Table 1: p > 0.8)."""
     t = demo_table(cohort)
     high = t["grade"] >= 2
@@ -125,11 +127,11 @@ def test_table1_effects_hold(cohort: str, significant: tuple[str, ...]) -> None:
             assert chi2_contingency(pd.crosstab(high, present))[1] < 0.05, column
     assert chi2_contingency(pd.crosstab(high, t["location"]))[1] > 0.5
     assert t["size_mm"][high].mean() - t["size_mm"][~high].mean() > 8.0
-    assert mannwhitneyu(t["size_mm"][high], t["size_mm"][~high]).pvalue < 0.01
+    if significant:
+        assert mannwhitneyu(t["size_mm"][high], t["size_mm"][~high]).pvalue < 0.01
     rates = t[~high][list(FINDINGS)].mean()
-    expected = {DEMO_COHORTS[0]: (45, 23, 105, 10, 59, 13), DEMO_COHORTS[1]: (18, 11, 33, 2, 17, 6)}
-    n_low = 170 if cohort == DEMO_COHORTS[0] else 51
-    np.testing.assert_allclose(rates, np.array(expected[cohort]) / n_low, atol=1.0 / len(t) * 2)
+    expected = np.array((45, 23, 105, 10, 59, 13)) / 170  # Table 1, training set, low grade
+    np.testing.assert_allclose(rates, expected, atol=1.0 / len(t) * 2)
 
 
 def test_image_and_mask_geometry(small: Path) -> None:
@@ -201,22 +203,24 @@ def test_tumours_abut_the_inner_skull(rendered: list[tuple[dict, Phantom]]) -> N
 
 
 def test_mask_volume_tracks_size(rendered: list[tuple[dict, Phantom]]) -> None:
-    """Mask volume follows size_mm, at DEMO_SCALE: a dome of diameter size_mm * DEMO_SCALE."""
+    """Mask volume follows size_mm, at DEMO_SCALE: a dome of diameter size_mm * DEMO_SCALE
+    (at least MIN_DIAMETER_MM)."""
     size = np.array([row["size_mm"] for row, _ in rendered])
     voxel = np.prod(rendered[0][1].spacing)
     volume = np.array([p.mask.sum() * voxel for _, p in rendered])
     assert spearmanr(size, volume).statistic > 0.9
     diameter = np.cbrt(6 * volume / np.pi)  # of the sphere of the same volume
-    ratio = diameter / (size * DEMO_SCALE)
+    ratio = diameter / np.maximum(size * DEMO_SCALE, MIN_DIAMETER_MM)
     assert ratio.min() > 0.7 and ratio.max() < 1.35 and 0.85 < np.median(ratio) < 1.1
 
 
 def test_second_reader_disagrees_realistically(rendered: list[tuple[dict, Phantom]]) -> None:
-    """Reader 2 masks exist for exactly n_reader2 patients, with Dice 0.8-0.95 vs reader 1."""
+    """Reader 2 masks exist for exactly n_reader2 patients, with Dice 0.7-0.97 vs reader 1
+    (small tumours disagree more, as in real inter-reader studies), median 0.85-0.93."""
     second = [(p.mask > 0, p.mask_reader2 > 0) for _, p in rendered if p.mask_reader2 is not None]
     assert len(second) == 10
     dice = np.array([2 * (a & b).sum() / (a.sum() + b.sum()) for a, b in second])
-    assert dice.min() >= 0.8 and dice.max() <= 0.95
+    assert dice.min() >= 0.7 and dice.max() <= 0.97
     assert 0.85 <= np.median(dice) <= 0.93
 
 

@@ -168,12 +168,16 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
     for reader, mask_path in plan.masks.items():
         try:
             mask = read_mask(mask_path, image, label)
+        except InputError as exc:
+            raise InputError(f"reader {reader}: {exc}") from exc
+        try:
             values, diagnostics = rad.extract(extractor, image, mask)
             resampled, resampled_mask = rad.resample_like_pyradiomics(
                 extractor, image, mask, settings.maxslice.margin_mm)
         except (ValueError, RuntimeError) as exc:
-            raise InputError(f"mask {mask_path} (reader {reader}): {exc}; check that the mask "
-                             "covers the tumour and matches the image's geometry") from exc
+            raise InputError(f"reader {reader}'s mask {mask_path}: pyradiomics cannot use it "
+                             f"({exc}); check that the mask covers the tumour and matches the "
+                             "image's geometry") from exc
         ms = max_slice(resampled, resampled_mask, settings.maxslice.size,
                        settings.maxslice.margin_mm, label=label)
         key = plan.keys[reader]

@@ -88,14 +88,17 @@ def dca_figure(evaluations: list[CohortEvaluation], labels: dict[str, str]) -> F
 def lasso_figure(pipe: Pipeline, family_label: str) -> Figure:
     """CV error and coefficient paths against log(lambda), chosen lambda marked (paper Fig 2)."""
     lasso = pipe.named_steps["lasso"]
-    log_alpha = np.log10(lasso.alphas_)
-    mse = lasso.mse_path_.mean(axis=1)
-    se = lasso.mse_path_.std(axis=1, ddof=1) / np.sqrt(lasso.mse_path_.shape[1])
+    # The LARS path ends at lambda = 0 (log undefined): plot the positive breakpoints.
+    cv_keep = lasso.cv_alphas_ > 0
+    mse = lasso.mse_path_[cv_keep].mean(axis=1)
+    se = lasso.mse_path_[cv_keep].std(axis=1, ddof=1) / np.sqrt(lasso.mse_path_.shape[1])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a.errorbar(log_alpha, mse, yerr=se, fmt="o", ms=2.5, color="#d62728", ecolor="#bbbbbb",
-               elinewidth=0.8)
+    a.errorbar(np.log10(lasso.cv_alphas_[cv_keep]), mse, yerr=se, fmt="o", ms=2.5,
+               color="#d62728", ecolor="#bbbbbb", elinewidth=0.8)
+    keep = lasso.alphas_ > 0
+    log_alpha = np.log10(lasso.alphas_[keep])
     # One LineCollection, not one Line2D per feature: paths of 2000 DTL features draw fast.
-    paths = [np.column_stack([log_alpha, c]) for c in lasso.coef_path_ if np.any(c != 0)]
+    paths = [np.column_stack([log_alpha, c[keep]]) for c in lasso.coef_path_ if np.any(c != 0)]
     b.add_collection(LineCollection(paths, linewidths=0.7, colors=plt.cm.tab10.colors))
     b.autoscale()
     for ax in (a, b):

@@ -71,7 +71,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
 
     def __init__(self, icc_form: str = "ICC2", icc_threshold: float = 0.8,
                  spearman_threshold: float = 0.9, lasso_cv_folds: int = 10,
-                 lasso_alphas: int = 100, clinical_p_threshold: float = 0.05,
+                 clinical_p_threshold: float = 0.05,
                  svm_kernel: str = "rbf", svm_c: float = 1.0, platt_cv_folds: int = 5,
                  nomogram_c: float | None = 1.0, nomogram_scores: str = "out-of-fold",
                  nomogram_folds: int = 5, random_state: int = 0) -> None:
@@ -79,7 +79,6 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.icc_threshold = icc_threshold
         self.spearman_threshold = spearman_threshold
         self.lasso_cv_folds = lasso_cv_folds
-        self.lasso_alphas = lasso_alphas
         self.clinical_p_threshold = clinical_p_threshold
         self.svm_kernel = svm_kernel
         self.svm_c = svm_c
@@ -95,7 +94,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         m = settings.modeler
         return cls(icc_form=m.icc_form, icc_threshold=m.icc_threshold,
                    spearman_threshold=m.spearman_threshold, lasso_cv_folds=m.lasso_cv_folds,
-                   lasso_alphas=m.lasso_alphas, clinical_p_threshold=m.clinical_p_threshold,
+                   clinical_p_threshold=m.clinical_p_threshold,
                    svm_kernel=m.svm_kernel, svm_c=m.svm_c, platt_cv_folds=m.platt_cv_folds,
                    nomogram_c=m.nomogram_c, nomogram_scores=m.nomogram_scores,
                    nomogram_folds=m.nomogram_folds, random_state=settings.seed)
@@ -111,7 +110,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         """This estimator's selection parameters in the form selection_pipeline takes."""
         return ModelerSettings(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
                                spearman_threshold=self.spearman_threshold,
-                               lasso_cv_folds=self.lasso_cv_folds, lasso_alphas=self.lasso_alphas)
+                               lasso_cv_folds=self.lasso_cv_folds)
 
     def fit(self, X: pd.DataFrame, y: NDArray[np.int_],
             reader2: dict[str, pd.DataFrame] | None = None) -> DTLRModel:
@@ -136,9 +135,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
             pipe.steps.append(("svm", self._svm()))
             self.family_models_[family] = pipe.fit(family_columns(X, family), y,
                                                    icc__reader2=reader2.get(family))
-        design = self.nomogram_design(X)
-        if self.nomogram_scores == "out-of-fold":
-            design[list(self.scores(X).columns)] = self._out_of_fold_scores(X, y, reader2)
+        design = self.training_design(X, y, reader2)
         self.nomogram_features_ = list(design.columns)
         self._fit_nomogram(design.to_numpy(np.float64), y)
         self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
@@ -146,6 +143,15 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         train = self.predict_proba_models(X)
         self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}
         return self
+
+    def training_design(self, X: pd.DataFrame, y: NDArray[np.int64],
+                        reader2: dict[str, pd.DataFrame]) -> pd.DataFrame:
+        """The nomogram's design on the training cohort: out-of-fold scores by default."""
+        design = self.nomogram_design(X)
+        if self.nomogram_scores == "out-of-fold":
+            design[[SCORE_NAMES[f] for f in self.families_]] = self._out_of_fold_scores(
+                X, y, reader2)
+        return design
 
     def _out_of_fold_scores(self, X: pd.DataFrame, y: NDArray[np.int64],
                             reader2: dict[str, pd.DataFrame]) -> NDArray[np.float64]:

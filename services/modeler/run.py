@@ -33,7 +33,7 @@ from rich.table import Table
 import shared
 from services.modeler.data import CohortData, load_cohort, resolve_dtl_model
 from services.modeler.evaluate import CohortEvaluation, evaluate_cohort, table3
-from services.modeler.models import SCORE_NAMES, DTLRModel, model_label
+from services.modeler.models import SCORE_NAMES, DTLRModel
 from services.modeler.nomogram import nomogram_scale, patient_points
 from services.modeler.persist import load_model, save_model
 from services.modeler.report import ReportInputs, ReportSection, render_report
@@ -242,32 +242,32 @@ def _predictions(evaluations: list[CohortEvaluation]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def render_table3(t3: pd.DataFrame, console: Console | None = None,
-                  families: Sequence[str] = ("radiomics", "dtl")) -> Table:
-    """Print the Table-3-style summary with rich (and return the rich Table).
+def render_table3(t3: pd.DataFrame, console: Console | None = None) -> list[Table]:
+    """Print the Table-3-style summary with rich, one table per cohort (and return them).
 
-    Each cell is the value with its 95% CI below it; narrow terminals fold, never crop, them.
+    Compact enough for an 80-column terminal: AUC with its 95% CI, the other metrics as
+    values (every CI is in the report and the ``metrics`` view).
     """
-    table = Table(title="Table 3. Model performance (95% CI)", title_justify="left")
-    table.add_column("Cohort", no_wrap=True)
-    table.add_column("Model")
-    for col in ("Accuracy", "AUC", "Sensitivity", "Specificity", "PPV", "NPV"):
-        table.add_column(col, justify="right", overflow="fold")
-    present = [f for f in families if f in set(t3["model"])]
-    previous = None
-    for r in t3.itertuples():
-        label = f"{r.cohort} ({'train' if r.role == 'train' else 'test'})"
-        cells = []
-        for k in ("accuracy", "auc", "sensitivity", "specificity", "ppv", "npv"):
-            value, low, high = (getattr(r, k), getattr(r, f"{k}_ci_low"),
-                                getattr(r, f"{k}_ci_high"))
-            cells.append("-" if not np.isfinite(value) else
-                         f"{value:.3f}\n{low:.3f}–{high:.3f}")
-        table.add_row(label if label != previous else "", model_label(r.model, present),
-                      *cells, end_section=r.model == "nomogram")
-        previous = label
-    (console or Console()).print(table)
-    return table
+    console = console or Console()
+    names = {"clinical": "Clinical", "radiomics": "Radiomics", "dtl": "DTL",
+             "nomogram": "Nomogram"}
+    tables = []
+    for (cohort, role), rows in t3.groupby(["cohort", "role"], sort=False):
+        table = Table(title=f"Table 3, {cohort} ({'training' if role == 'train' else 'test'})",
+                      title_justify="left")
+        table.add_column("Model", no_wrap=True)
+        table.add_column("AUC (95% CI)", justify="right", no_wrap=True)
+        for col in ("Acc", "Sens", "Spec", "PPV", "NPV"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in rows.itertuples():
+            auc = (f"{r.auc:.3f} ({r.auc_ci_low:.3f}-{r.auc_ci_high:.3f})"
+                   if np.isfinite(r.auc) else "-")
+            cells = [f"{v:.3f}" if np.isfinite(v) else "-"
+                     for v in (r.accuracy, r.sensitivity, r.specificity, r.ppv, r.npv)]
+            table.add_row(names.get(r.model, r.model), auc, *cells)
+        console.print(table)
+        tables.append(table)
+    return tables
 
 
 def predict_cohort(store: Store, run_id: str, cohort: str) -> pd.DataFrame:

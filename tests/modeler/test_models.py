@@ -12,6 +12,7 @@ import pytest
 import skops.io as sio
 import statsmodels.api as sm
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from services.modeler.data import CohortData, load_cohort
 from services.modeler.models import DTLRModel, family_columns
@@ -83,7 +84,17 @@ def test_rad_and_dtl_scores_are_intercept_plus_coefficients_times_z_scores(
 
 def test_nomogram_is_logistic_regression_in_natural_units(fitted: Fitted) -> None:
     m = fitted.model
-    design = m.nomogram_design(fitted.train.X).to_numpy()
+    training = m.training_design(fitted.train.X, fitted.train.y, fitted.train.reader2)
+    design = training.to_numpy()
+    # Fitted on out-of-fold scores: the clinical columns are the patients' own, the scores
+    # differ from (and are less optimistic than) the final pipelines' in-sample scores.
+    in_sample = m.nomogram_design(fitted.train.X)
+    clinical = [c for c in in_sample.columns if not c.endswith("_score")]
+    pd.testing.assert_frame_equal(training[clinical], in_sample[clinical])
+    for score in ("rad_score", "dtl_score"):
+        assert not np.allclose(training[score], in_sample[score])
+        assert roc_auc_score(fitted.train.y, training[score]) < roc_auc_score(
+            fitted.train.y, in_sample[score])
     # Default: sklearn's L2 logistic regression (C = 1) on z-scored predictors, mapped back.
     mean, sd = design.mean(axis=0), design.std(axis=0)
     ref = LogisticRegression(C=1.0, solver="newton-cholesky", tol=1e-10).fit((design - mean) / sd,
@@ -102,8 +113,10 @@ def test_nomogram_is_logistic_regression_in_natural_units(fitted: Fitted) -> Non
 
 def test_unpenalised_nomogram_is_the_logistic_mle(fitted: Fitted) -> None:
     X = fitted.train.X.drop(columns=[c for c in fitted.train.X.columns if c.startswith("dtl:")])
-    settings = Settings(modeler={"nomogram_c": None})
+    settings = Settings(modeler={"nomogram_c": None, "nomogram_scores": "in-sample"})
     m = DTLRModel.from_settings(settings).fit(X, fitted.train.y)
+    pd.testing.assert_frame_equal(m.training_design(X, fitted.train.y, {}),
+                                  m.nomogram_design(X))
     ref = sm.Logit(fitted.train.y, sm.add_constant(m.nomogram_design(X).to_numpy())).fit(disp=0)
     params = np.asarray(ref.params)
     np.testing.assert_allclose(m.nomogram_intercept_, params[0], rtol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
-from sklearn.linear_model import LassoCV
+from sklearn.linear_model import Lasso, LassoLarsCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
@@ -85,21 +85,24 @@ def test_spearman_on_clustered_features_leaves_no_kept_pair_above_threshold() ->
     np.testing.assert_array_equal(f.transform(X), X[:, f.support_])
 
 
-def test_lasso_selector_is_sklearn_lassocv_with_seeded_stratified_folds() -> None:
+def test_lasso_selector_solves_the_lasso_at_its_cross_validated_lambda() -> None:
     X, y = _data(n=240, seed=2)
     X = np.delete(X, [3, 4], axis=1)  # no near-copies: the signal columns are 0-2
     X = (X - X.mean(axis=0)) / X.std(axis=0)
-    sel = LassoSelector(cv_folds=5, n_alphas=50, random_state=7).fit(X, y)
-    ref = LassoCV(alphas=50, eps=1e-4, cv=StratifiedKFold(5, shuffle=True, random_state=7),
-                  max_iter=5000).fit(X, y.astype(float))
-    assert sel.alpha_ == pytest.approx(ref.alpha_)
-    np.testing.assert_allclose(sel.coef_, ref.coef_, atol=1e-10)
-    np.testing.assert_allclose(sel.linear_score(sel.transform(X)), ref.predict(X), atol=1e-10)
+    sel = LassoSelector(cv_folds=5, random_state=7).fit(X, y)
+    # lambda minimises the seeded, stratified CV error along the path ...
+    ref = LassoLarsCV(cv=StratifiedKFold(5, shuffle=True, random_state=7)).fit(X, y.astype(float))
+    assert sel.alpha_ == ref.alpha_
+    assert sel.alpha_ == sel.cv_alphas_[np.argmin(sel.mse_path_.mean(axis=1))]
+    # ... and the coefficients are the LASSO solution there, as coordinate descent finds it.
+    cd = Lasso(alpha=sel.alpha_, tol=1e-12, max_iter=100_000).fit(X, y.astype(float))
+    np.testing.assert_allclose(sel.coef_, cd.coef_, atol=1e-8)
+    np.testing.assert_allclose(sel.linear_score(sel.transform(X)), cd.predict(X), atol=1e-8)
     assert sel.support_[:3].all()  # the three signal columns
-    assert sel.coef_path_.shape == (X.shape[1], 50)
-    assert sel.mse_path_.shape == (50, 5)
+    assert sel.coef_path_.shape == (X.shape[1], len(sel.alphas_))
+    assert sel.mse_path_.shape == (len(sel.cv_alphas_), 5)
     assert sel.note_ == ""
-    again = LassoSelector(cv_folds=5, n_alphas=50, random_state=7).fit(X, y)
+    again = LassoSelector(cv_folds=5, random_state=7).fit(X, y)
     np.testing.assert_array_equal(again.coef_, sel.coef_)
 
 
@@ -107,8 +110,8 @@ def test_lasso_falls_back_to_the_largest_lambda_keeping_a_feature() -> None:
     rng = np.random.default_rng(7)  # pure noise: CV prefers lambda_max, which keeps nothing
     y = rng.permutation(np.repeat([0, 1], 40))
     X = rng.normal(size=(80, 30))
-    sel = LassoSelector(cv_folds=5, n_alphas=30, random_state=0).fit(X, y)
-    assert sel.cv_alpha_ == sel.alphas_[0]
+    sel = LassoSelector(cv_folds=5, random_state=0).fit(X, y)
+    assert sel.cv_alpha_ >= sel.alphas_[0]  # at or above lambda_max: no feature
     assert sel.alpha_ == sel.alphas_[1]
     assert sel.support_.sum() >= 1
     assert "kept no feature" in sel.note_
@@ -121,7 +124,7 @@ def test_selection_pipeline_on_dataframes_names_the_selected_features() -> None:
     names = [f"f{j}" for j in range(X.shape[1])]
     frame = pd.DataFrame(X * 100 + 7, columns=names, index=[f"P{i}" for i in range(200)])
     reader2 = frame.iloc[:20] + np.random.default_rng(0).normal(size=(20, X.shape[1]))
-    pipe = selection_pipeline(ModelerSettings(lasso_cv_folds=5, lasso_alphas=40), seed=1)
+    pipe = selection_pipeline(ModelerSettings(lasso_cv_folds=5), seed=1)
     out = pipe.fit_transform(frame, y, icc__reader2=reader2)
     selected = list(pipe.get_feature_names_out())
     assert out.shape == (200, len(selected))
