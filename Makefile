@@ -16,12 +16,14 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Offline (no ImageNet download possible): make demo WEIGHTS=random, or WEIGHTS=/path/weights.pth
 demo: install
-	$(BIN)/dtlr-submit --cohort demo
+	$(BIN)/dtlr-submit --cohort demo $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: install
 	@$(BIN)/python -c 'import redis; redis.Redis(socket_connect_timeout=1).ping()' 2>/dev/null \
 		|| redis-server --daemonize yes --port 6379 --save ""
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: install
