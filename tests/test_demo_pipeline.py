@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ from services.gpu_worker.data import list_slices, load_images, normalise, read_s
 from services.gpu_worker.embed import load_model as load_cnn
 from services.gpu_worker.gradcam import cam_mass_inside, clearest_cases, gradcam_maps
 from services.gpu_worker.profiles import resolve
+from services.modeler.data import load_cohort
 from services.modeler.persist import load_model
 from shared.config import CNNSettings
 from shared.store import Store
@@ -99,6 +102,30 @@ def test_nomogram_uses_dtl_score_and_beats_the_clinical_model(demo: DemoRun) -> 
     assert auc["nomogram"] > auc["clinical"]
 
 
+def test_nomogram_points_add_up_to_the_linear_predictor(demo: DemoRun, tmp_path: Path) -> None:
+    run = run_id(demo.store)
+    out = tmp_path / "risks.csv"
+    subprocess.run([str(BIN / "dtlr-predict"), "--model", run, "--cohort", "demo-hospitalB",
+                    "--out", str(out), "--store", str(demo.store.root)], check=True,
+                   capture_output=True)
+    risks = pd.read_csv(out).set_index("patient_id")
+    assert len(risks) == N_TEST
+    points = risks[[c for c in risks.columns if c.startswith("points_")]]
+    assert {"points_rad_score", "points_dtl_score"} <= set(points.columns)
+    np.testing.assert_allclose(points.sum(axis=1), risks["total_points"], rtol=1e-12)
+    model, _ = load_model(demo.store, run)
+    data = load_cohort(demo.store, "demo-hospitalB", model_dtl_id(demo.store))
+    lp = pd.Series(model.nomogram_linear_predictor(data.X), index=data.X.index)
+    np.testing.assert_allclose(risks["linear_predictor"], lp[risks.index], rtol=1e-9,
+                               atol=1e-9)
+    np.testing.assert_allclose(risks["risk"], 1 / (1 + np.exp(-lp[risks.index])), rtol=1e-9)
+
+
+def model_dtl_id(store: Store) -> str:
+    (model_id,) = {r["model_id"] for r in sql(store, "SELECT DISTINCT model_id FROM dtl")}
+    return model_id
+
+
 def test_report_has_every_model_metric_and_figure(demo: DemoRun) -> None:
     report = (demo.store.run_dir(run_id(demo.store)) / "report.html").read_text()
     assert report.lstrip().startswith("<!DOCTYPE html>")
@@ -119,7 +146,7 @@ def test_report_has_every_model_metric_and_figure(demo: DemoRun) -> None:
 
 def test_gradcam_maps_fall_inside_the_tumour_on_clear_high_grade_cases(demo: DemoRun) -> None:
     cohort = "demo-hospitalA"
-    (model_id,) = {r["model_id"] for r in sql(demo.store, "SELECT DISTINCT model_id FROM dtl")}
+    model_id = model_dtl_id(demo.store)
     runtime = resolve(CNNSettings(weights=WEIGHTS))
     loaded = load_cnn(demo.store, model_id, runtime)
     log = json.loads((demo.store.model_dir(model_id) / "train_log.json").read_text())

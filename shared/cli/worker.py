@@ -50,10 +50,13 @@ def run_gpu_fleet(count: int, broker: str, loglevel: str) -> None:
               help="Pin this gpu-queue worker to CUDA device N.")
 @click.option("--gpus", type=click.Choice(["all"]), default=None,
               help="Start one gpu-queue worker per visible GPU.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per task (default: cores / concurrency). Give 1 when several "
+                   "workers share a machine, so they do not fight over its cores.")
 @click.option("--broker", default=None, help="Broker URL (or set DTLR_BROKER_URL).")
 @click.option("--loglevel", default="info", show_default=True)
 def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | None,
-           broker: str | None, loglevel: str) -> None:
+           threads: int | None, broker: str | None, loglevel: str) -> None:
     """Serve the DTLR task queue QUEUE.
 
     \b
@@ -81,7 +84,7 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
         concurrency = 1
     concurrency = concurrency or cores
-    os.environ[THREADS_ENV] = str(max(1, cores // concurrency))
+    os.environ[THREADS_ENV] = str(threads or max(1, cores // concurrency))
     name = f"{queue}{'' if gpu is None else gpu}@{socket.gethostname()}"
     app = make_app(url)
     app.worker_main(argv=["worker", "--queues", queue, "--concurrency", str(concurrency),
