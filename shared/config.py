@@ -99,6 +99,7 @@ class ModelerSettings(_Section):
     icc_threshold: float = Field(0.8, ge=0, le=1)
     spearman_threshold: float = Field(0.9, gt=0, le=1)
     lasso_cv_folds: int = Field(10, ge=2)
+    lasso_max_steps: int = Field(100, ge=2)  # LARS steps: about the most features LASSO keeps
     clinical_p_threshold: float = Field(0.05, gt=0, lt=1)
     svm_kernel: Literal["rbf", "linear"] = "rbf"
     svm_c: float = Field(1.0, gt=0)

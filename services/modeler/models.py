@@ -71,6 +71,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
 
     def __init__(self, icc_form: str = "ICC2", icc_threshold: float = 0.8,
                  spearman_threshold: float = 0.9, lasso_cv_folds: int = 10,
+                 lasso_max_steps: int = 100,
                  clinical_p_threshold: float = 0.05,
                  svm_kernel: str = "rbf", svm_c: float = 1.0, platt_cv_folds: int = 5,
                  nomogram_c: float | None = 1.0, nomogram_scores: str = "out-of-fold",
@@ -79,6 +80,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.icc_threshold = icc_threshold
         self.spearman_threshold = spearman_threshold
         self.lasso_cv_folds = lasso_cv_folds
+        self.lasso_max_steps = lasso_max_steps
         self.clinical_p_threshold = clinical_p_threshold
         self.svm_kernel = svm_kernel
         self.svm_c = svm_c
@@ -94,6 +96,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         m = settings.modeler
         return cls(icc_form=m.icc_form, icc_threshold=m.icc_threshold,
                    spearman_threshold=m.spearman_threshold, lasso_cv_folds=m.lasso_cv_folds,
+                   lasso_max_steps=m.lasso_max_steps,
                    clinical_p_threshold=m.clinical_p_threshold,
                    svm_kernel=m.svm_kernel, svm_c=m.svm_c, platt_cv_folds=m.platt_cv_folds,
                    nomogram_c=m.nomogram_c, nomogram_scores=m.nomogram_scores,
@@ -110,7 +113,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         """This estimator's selection parameters in the form selection_pipeline takes."""
         return ModelerSettings(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
                                spearman_threshold=self.spearman_threshold,
-                               lasso_cv_folds=self.lasso_cv_folds)
+                               lasso_cv_folds=self.lasso_cv_folds,
+                               lasso_max_steps=self.lasso_max_steps)
 
     def fit(self, X: pd.DataFrame, y: NDArray[np.int_],
             reader2: dict[str, pd.DataFrame] | None = None) -> DTLRModel:

@@ -133,13 +133,17 @@ class LassoSelector(TransformerMixin, BaseEstimator):
     than LassoCV (which also stops at ``max_iter`` on the path's tail); a test checks its
     solution against coordinate descent at the chosen lambda. ``alpha_`` is the paper's lambda.
     Folds are stratified and seeded. If the CV lambda zeroes every coefficient, the largest
-    lambda on the path that keeps any feature is used instead and ``note_`` says so.
+    lambda on the path that keeps any feature is used instead and ``note_`` says so. The path
+    stops after ``max_steps`` LARS steps (about as many features entered), like glmnet's
+    ``dfmax``: selections are far smaller (the paper kept 32 and 28 features), and the tail of
+    the path is what costs; ``note_`` says so if CV chose the path's last point.
     ``transform`` returns the selected columns; :meth:`linear_score` gives the score
     (intercept + coefficients x features).
     """
 
-    def __init__(self, cv_folds: int = 10, random_state: int = 0) -> None:
+    def __init__(self, cv_folds: int = 10, max_steps: int = 100, random_state: int = 0) -> None:
         self.cv_folds = cv_folds
+        self.max_steps = max_steps
         self.random_state = random_state
 
     def fit(self, X: NDArray[np.float64], y: NDArray[np.int_]) -> LassoSelector:
@@ -152,15 +156,17 @@ class LassoSelector(TransformerMixin, BaseEstimator):
         with warnings.catch_warnings():
             # LARS warns when collinear features make a step degenerate; it drops the feature.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            lasso = LassoLarsCV(cv=cv, max_iter=max(500, X.shape[0])).fit(X, yf)
+            lasso = LassoLarsCV(cv=cv, max_iter=self.max_steps).fit(X, yf)
             # The whole path on all training rows (the CV refit stops at the chosen lambda).
             self.alphas_, _, self.coef_path_ = lars_path(
-                X - X.mean(axis=0), yf - yf.mean(), method="lasso",
-                max_iter=max(500, X.shape[0]))
+                X - X.mean(axis=0), yf - yf.mean(), method="lasso", max_iter=self.max_steps)
         self.cv_alphas_ = lasso.cv_alphas_
         self.mse_path_ = lasso.mse_path_  # (cv_alphas, folds)
         self.cv_alpha_ = float(lasso.alpha_)
         coef, alpha, note = lasso.coef_, float(lasso.alpha_), ""
+        if alpha <= self.cv_alphas_.min():
+            note = (f"cross-validation chose the end of the path ({self.max_steps} LARS steps): "
+                    "more features might fit better; raise modeler.lasso_max_steps")
         if not np.any(coef != 0):
             nonzero = np.flatnonzero((self.coef_path_ != 0).any(axis=0))
             if nonzero.size == 0:
@@ -198,5 +204,6 @@ def selection_pipeline(settings: ModelerSettings, seed: int) -> Pipeline:
         ("finite", FiniteColumns()),
         ("zscore", StandardScaler()),
         ("spearman", SpearmanFilter(threshold=settings.spearman_threshold)),
-        ("lasso", LassoSelector(cv_folds=settings.lasso_cv_folds, random_state=seed)),
+        ("lasso", LassoSelector(cv_folds=settings.lasso_cv_folds,
+                                max_steps=settings.lasso_max_steps, random_state=seed)),
     ])

@@ -42,7 +42,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
 
 def test_dtlr_model_prints_table3_and_saves_the_run(fitted: Fitted) -> None:
     assert "Table 3" in fitted.output
-    assert "Clinical-radiomics nomogram" in fitted.output
+    assert "│ Nomogram " in fitted.output and "Table 3, B (test)" in fitted.output
     assert "dtlr-predict --model cli-run" in fitted.output
     root = fitted.syn.store.root
     assert (root / "runs" / "cli-run" / "report.html").is_file()
