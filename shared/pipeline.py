@@ -292,7 +292,9 @@ def _all_done(polls: list[Callable[[], list[StatusRecord] | None]]) -> list[Stat
 
 def run_model(store: Store, train: str, tests: list[str], settings: Settings,
               model_id: str | None) -> Any:
-    """Fit and evaluate the models (with the CNN's section in the report when there is one)."""
+    """Fit and evaluate the models; with the CNN ``model_id``'s DTL features and report
+    section when there is one, without DTL features when there is none (a failed or skipped
+    CNN stage never falls back on another CNN's features)."""
     from services.modeler.run import run_modeler
 
     def sections() -> list[Any]:
@@ -303,4 +305,4 @@ def run_model(store: Store, train: str, tests: list[str], settings: Settings,
         return [cnn_report_section(store, model_id, [train, *tests], settings)]
 
     return run_modeler(store, train, tests, settings, dtl_model_id=model_id,
-                       extra_sections=sections)
+                       dtl=model_id is not None, extra_sections=sections)

@@ -121,12 +121,15 @@ def run_modeler(
     dtl_model_id: str | None = None,
     run_id: str | None = None,
     *,
+    dtl: bool = True,
     protocol: Protocol | None = None,
     extra_sections: Callable[[], Sequence[ReportSection]] = tuple,
 ) -> RunResult:
     """Fit every model on ``train``, evaluate on it and on each of ``tests``, write the report.
 
-    ``protocol`` (default: ``settings.cnn.protocol``) says how the CNN behind the DTL features
+    DTL features come from ``dtl_model_id``, or from the one CNN with features in the store;
+    ``dtl=False`` leaves them out. ``protocol`` (default: ``settings.cnn.protocol``) says how
+    the CNN behind the DTL features
     was fine-tuned; it is stated on the report's first line. ``extra_sections`` builds the
     sections appended under "Deep transfer learning" (the GPU stage's CNN metrics and
     Grad-CAM); it is only called when a report is written. The run id defaults to a content key
@@ -138,7 +141,7 @@ def run_modeler(
     run_id_given = run_id
     clock = _Clock()
     store.refresh_catalog()
-    dtl_id = resolve_dtl_model(store, train, dtl_model_id)
+    dtl_id = resolve_dtl_model(store, train, dtl_model_id) if dtl else None
     train_data = load_cohort(store, train, dtl_id, with_reader2=True)
     test_data = [load_cohort(store, c, dtl_id) for c in tests]
     if dtl_id is not None:

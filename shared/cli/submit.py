@@ -135,6 +135,9 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
     if train is not None:
         from services.modeler.run import render_table3
 
+        if model_id is None:
+            console.print("[yellow]the models run without DTL features[/yellow] (no CNN"
+                          + (": see the fine-tuning failure above)" if cnn else ", --no-cnn)"))
         result = pipeline.run_model(store, train, [n for n in names if n != train], settings,
                                     model_id)
         render_table3(result.table3, console)
