@@ -167,8 +167,15 @@ def run_extraction(store: Store, cohorts: list[str], settings: Settings, submiss
                 poll=partial(patient_finished, store, row["cohort"], row["patient_id"],
                              "extract", submission, partial(_extracted, store, plan)))
             for row, plan in work]
+    return _collect(store, summary, dispatch.run(jobs, _extract_job, parallel=True), on_record,
+                    t0)
+
+
+def _collect(store: Store, summary: StageSummary, records: Iterable[StatusRecord],
+             on_record: Callable[[StatusRecord], None] | None, t0: float) -> StageSummary:
+    """Gather a stage's records as they arrive, then refresh the catalog (even if stopped)."""
     try:
-        for record in dispatch.run(jobs, _extract_job, parallel=True):
+        for record in records:
             summary.ran.append(record)
             if on_record:
                 on_record(record)
@@ -268,15 +275,7 @@ def run_embedding(store: Store, cohorts: list[str], model_id: str, settings: Set
         _, cohort, _, _, batch, _ = job.args
         return gpu.embed(store, cohort, model_id, settings, batch, submission)
 
-    try:
-        for record in dispatch.run(jobs, local):
-            summary.ran.append(record)
-            if on_record:
-                on_record(record)
-    finally:
-        store.refresh_catalog()
-        summary.seconds = time.perf_counter() - t0
-    return summary
+    return _collect(store, summary, dispatch.run(jobs, local), on_record, t0)
 
 
 def _all_done(polls: list[Callable[[], list[StatusRecord] | None]]) -> list[StatusRecord] | None:
