@@ -165,7 +165,7 @@ class _Report:
         if inp.train.dtl_model_id:
             rows.append(["CNN (DTL features)", inp.train.dtl_model_id])
         else:
-            rows.append(["DTL features", "none in the store yet: clinical, radiomics and "
+            rows.append(["DTL features", "none in this run: clinical, radiomics and "
                                          "nomogram models only"])
         self.parts.append(_table(["", ""], rows, numeric_from=9))
         for d in [inp.train, *inp.tests]:
