@@ -145,17 +145,17 @@ def test_report_has_every_model_metric_and_figure(demo: DemoRun) -> None:
 
 
 def test_gradcam_maps_fall_inside_the_tumour_on_clear_high_grade_cases(demo: DemoRun) -> None:
+    """Maps fit the max slice always; they sit on the tumour where the CNN was transferred.
+
+    From random weights the quick profile's validation AUC is noise of a 24-patient split: one
+    CPU (another BLAS code path) reached 0.75 with maps 4% inside the ROI, i.e. a network that
+    read the background. Localisation on the demo is asserted for pretrained starts only; the
+    Grad-CAM code itself is held to it in tests/gpu_worker/test_gradcam.py on a task it learns.
+    """
     cohort = "demo-hospitalA"
     model_id = model_dtl_id(demo.store)
     runtime = resolve(CNNSettings(weights=WEIGHTS))
     loaded = load_cnn(demo.store, model_id, runtime)
-    log = json.loads((demo.store.model_dir(model_id) / "train_log.json").read_text())
-    val_auc = log["epochs"][log["chosen_epoch"] - 1]["val_auc"]
-    if val_auc < 0.75:
-        pytest.skip(f"the CNN did not learn the demo (validation AUC {val_auc:.2f} from "
-                    f"{WEIGHTS} weights, quick profile): Grad-CAM of an untrained network "
-                    "shows nothing; run with DTLR_TEST_WEIGHTS=imagenet where torchvision's "
-                    "cache has the ImageNet weights")
     refs = list_slices(demo.store, cohort)
     images, problems = load_images(refs, loaded.image_size, torch.device("cpu"))
     assert not any(problems)
@@ -167,8 +167,14 @@ def test_gradcam_maps_fall_inside_the_tumour_on_clear_high_grade_cases(demo: Dem
     assert len(chosen) == 5
     raw, _ = read_slices([refs[i] for i in chosen])
     maps = gradcam_maps(loaded.net, images[chosen], raw.shape[-2:], [1] * len(chosen))
+    assert maps.shape == (5, 224, 224) == (len(chosen), *raw.shape[-2:])
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    if WEIGHTS == "random":
+        pytest.skip("the CNN started from random weights (ImageNet weights cannot be "
+                    "downloaded here): where it attends on the demo is not a property of "
+                    "Grad-CAM; run with DTLR_TEST_WEIGHTS=imagenet where torchvision's cache "
+                    "has them")
     for cam, max_slice in zip(maps, raw, strict=True):
-        assert cam.shape == max_slice.shape[1:] == (224, 224)
         assert cam_mass_inside(cam, max_slice) > 0.5
 
 
