@@ -43,6 +43,7 @@ from shared.config import ModelerSettings, Settings
 
 FAMILIES = ("clinical", "radiomics", "dtl")
 SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
+EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins"}  # not fit parameters
 MODEL_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",
                 "dtl": "DTL model", "nomogram": "DTLR nomogram"}
 
@@ -93,14 +94,10 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_settings(cls, settings: Settings) -> DTLRModel:
         """An unfitted model with the settings' modeler section and seed."""
-        m = settings.modeler
-        return cls(icc_form=m.icc_form, icc_threshold=m.icc_threshold,
-                   spearman_threshold=m.spearman_threshold, lasso_cv_folds=m.lasso_cv_folds,
-                   lasso_max_steps=m.lasso_max_steps,
-                   clinical_p_threshold=m.clinical_p_threshold,
-                   svm_kernel=m.svm_kernel, svm_c=m.svm_c, platt_cv_folds=m.platt_cv_folds,
-                   nomogram_c=m.nomogram_c, nomogram_scores=m.nomogram_scores,
-                   nomogram_folds=m.nomogram_folds, random_state=settings.seed)
+        # Every modeler setting except the evaluation ones is an estimator parameter: a new
+        # setting without its parameter fails here instead of being silently ignored.
+        params = settings.modeler.model_dump(exclude=EVALUATION_SETTINGS)
+        return cls(**params, random_state=settings.seed)
 
     def _svm(self) -> CalibratedClassifierCV:
         """SVM with Platt-scaled probabilities from seeded stratified CV (sklearn's replacement
