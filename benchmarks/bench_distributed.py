@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 from benchmarks._results import write_section
-from shared import manifest
-from shared.demo import make_demo
-from shared.store import Store
+from dtlr.services.coordinator.demo import make_demo
+from dtlr.shared import manifest
+from dtlr.shared.store import Store
 
 BIN = Path(sys.executable).parent
 COHORTS = ("demo-hospitalA", "demo-hospitalB")

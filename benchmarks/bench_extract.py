@@ -15,11 +15,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks._results import write_section
-from services.extractor import features as rad
-from services.extractor.io import read_image, read_mask
-from services.extractor.maxslice import max_slice
-from services.extractor.preprocess import head_mask, n4_correct
-from shared.config import PreprocessSettings, Settings
+from dtlr.services.extractor import features as rad
+from dtlr.services.extractor.io import read_image, read_mask
+from dtlr.services.extractor.maxslice import max_slice
+from dtlr.services.extractor.preprocess import head_mask, n4_correct
+from dtlr.shared.config import PreprocessSettings, Settings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASES = {

@@ -31,14 +31,15 @@ from typing import Any
 import torch
 
 from benchmarks import _results
-from services.gpu_worker import run, synthetic
-from services.gpu_worker.data import list_slices, load_images
-from services.gpu_worker.embed import embed_images, load_model
-from services.gpu_worker.model import build_model
-from services.gpu_worker.profiles import resolve
-from services.gpu_worker.train import fit
-from shared.config import CNNSettings, Settings
-from shared.store import Store
+from dtlr.services.gpu_worker import run
+from dtlr.services.gpu_worker.data import list_slices, load_images
+from dtlr.services.gpu_worker.embed import embed_images, load_model
+from dtlr.services.gpu_worker.model import build_model
+from dtlr.services.gpu_worker.profiles import resolve
+from dtlr.services.gpu_worker.train import fit
+from dtlr.shared.config import CNNSettings, Settings
+from dtlr.shared.store import Store
+from tests.synthetic import slices as synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 COHORT = "bench"

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from benchmarks._results import write_section
-from services.modeler.run import predict_cohort, run_modeler
-from services.modeler.synthetic import build_store
-from shared.config import Settings
+from dtlr.services.modeler.run import predict_cohort, run_modeler
+from dtlr.shared.config import Settings
+from tests.synthetic.cohorts import build_store
 
 TARGET_S = 20.0
 PHASES = ("load", "fit", "evaluate", "save", "report", "total")

@@ -1,3 +1,4 @@
-"""DTLR: the deep-transfer-learning radiomics nomogram of Li et al. (Sci Rep 2025) as software."""
+"""DTLR common layer: what several services use (store, manifest, settings, statistics...).
 
-__version__ = "0.1.0"
+Nothing here imports a service (tests/test_layers.py checks it from the import graph).
+"""

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PARAMS_DIR = resources.files("shared") / "params"
+PARAMS_DIR = resources.files("dtlr.shared") / "params"
 
 
 class _Section(BaseModel):

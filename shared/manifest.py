@@ -8,7 +8,6 @@ files is only a warning here: that patient fails at submit and the rest of the c
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import SimpleITK as sitk
 
-from shared.hashing import file_digest
-from shared.store import Store
+from dtlr.shared.hashing import file_digest
+from dtlr.shared.store import COHORT_RE, PATIENT_ID_RE, Store
 
 REQUIRED = ("patient_id", "image", "mask")
 PATH_COLUMNS = ("image", "mask", "mask_reader2")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-COHORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+ID_RE = PATIENT_ID_RE
 
 # Categorical clinical columns: canonical value -> accepted spellings (lower-cased, stripped).
 CATEGORIES: dict[str, dict[str, set[str]]] = {

@@ -8,8 +8,12 @@ views. Layout (DESIGN.md section 3)::
     features/radiomics/cohort=<c>/reader=<r>/<patient>.<key>.parquet
     features/maxslice/cohort=<c>/reader=<r>/<patient>.<key>.npy
     features/dtl/cohort=<c>/model=<m>/<patient>.<key>.parquet
-    status/cohort=<c>/<patient>.<stage>.json
+    status/cohort=<c>/<patient>.<stage>.json        (per patient)
+    status/cohort=<c>/_cohort.<stage>.<key>.json    (per cohort: fine-tunings, modeler runs)
     models/<model_id>/        runs/<run_id>/        catalog.duckdb
+
+Every file is written by :meth:`Store.write_file` (temp file, then rename), the store's one
+atomic writer; status records only through :meth:`Store.write_status`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.hashing import content_key
+from dtlr.shared.hashing import content_key
 
 KEY_LENGTH = 16
+# Names that become folder and file names in the store: no separators, no leading dot.
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+COHORT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+PATIENT_ID_RE = re.compile(PATIENT_ID_PATTERN)
+COHORT_RE = re.compile(COHORT_PATTERN)
 # Feature families and the columns that identify one row of their wide views.
 FAMILIES = {"radiomics": ("cohort", "patient_id", "reader"),
             "dtl": ("cohort", "patient_id", "reader", "model_id")}
@@ -103,19 +112,16 @@ class StatusRecord:
     worker: str = ""
     finished_at: str = ""
     submission: str = ""  # the dtlr-submit run that asked for this work
+    attempt: int = 0  # how many times this submission started the unit
+    failure: str = ""  # why it failed: input | unexpected | worker-lost | store | cancelled
+    error_type: str = ""  # exception type of an unexpected failure
+    where: str = ""  # file:line where an unexpected failure was raised
 
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StoreWriteError(f"cannot write {path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StatusRecord:
+        """A record from its JSON form (fields unknown to this version are ignored)."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def split_keyed_name(name: str, suffix: str) -> tuple[str, str] | None:
@@ -167,7 +173,10 @@ class Store:
     def status_dir(self, cohort: str) -> Path:
         return self.root / "status" / f"cohort={cohort}"
 
-    def status_path(self, cohort: str, patient_id: str, stage: str) -> Path:
+    def status_path(self, cohort: str, patient_id: str, stage: str, key: str = "") -> Path:
+        """A patient's record of a stage, or (``patient_id`` "*") a cohort-level one by key."""
+        if patient_id == "*":
+            return self.status_dir(cohort) / f"_cohort.{stage}.{key or 'none'}.json"
         return self.status_dir(cohort) / f"{patient_id}.{stage}.json"
 
     def model_dir(self, model_id: str) -> Path:
@@ -209,12 +218,36 @@ class Store:
             if other_patient == patient and other_key != key:
                 other.unlink(missing_ok=True)
 
+    @staticmethod
+    def write_file(path: Path, write: Callable[[Path], object]) -> None:
+        """The store's one atomic writer: ``write(tmp)``, then rename onto ``path``.
+
+        Readers never see half a file, and a failed write leaves nothing behind.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreWriteError(f"cannot write {path}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_bytes(self, data: bytes, path: Path) -> None:
+        """Write bytes atomically."""
+        self.write_file(path, lambda tmp: tmp.write_bytes(data))
+
+    def write_text(self, text: str, path: Path) -> None:
+        """Write UTF-8 text atomically."""
+        self.write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
     def write_table(self, table: pa.Table, path: Path, metadata: dict[str, Any]) -> None:
         """Write one Parquet file atomically with provenance in its key-value metadata."""
         meta = dict(table.schema.metadata or {})
         meta[b"dtlr"] = json.dumps(metadata, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(meta)
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self.write_file(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         self._drop_superseded(path, ".parquet")
 
     def write_array(self, array: np.ndarray, path: Path) -> None:
@@ -224,7 +257,7 @@ class Store:
             with tmp.open("wb") as fh:
                 np.save(fh, array, allow_pickle=False)
 
-        _atomic_write(path, write)
+        self.write_file(path, write)
         self._drop_superseded(path, ".npy")
 
     @staticmethod
@@ -233,29 +266,37 @@ class Store:
         meta = pq.read_schema(path).metadata or {}
         return json.loads(meta.get(b"dtlr", b"{}"))
 
-    @staticmethod
-    def write_json(obj: Any, path: Path) -> None:
+    def write_json(self, obj: Any, path: Path) -> None:
         """Write a JSON document atomically."""
-        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-        _atomic_write(path, lambda tmp: tmp.write_text(text))
+        self.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
 
     # ---- status -------------------------------------------------------------------------
     def write_status(self, record: StatusRecord) -> None:
-        path = self.status_path(record.cohort, record.patient_id, record.stage)
+        """The one status writer: a record replaces the unit's previous one atomically."""
+        path = self.status_path(record.cohort, record.patient_id, record.stage, record.key)
         self.write_json(asdict(record), path)
 
-    def read_status(self, cohort: str, patient_id: str, stage: str) -> StatusRecord | None:
-        path = self.status_path(cohort, patient_id, stage)
-        if not path.is_file():
+    def read_status(self, cohort: str, patient_id: str, stage: str,
+                    key: str = "") -> StatusRecord | None:
+        """A unit's record, or None when it has none (or it cannot be parsed)."""
+        path = self.status_path(cohort, patient_id, stage, key)
+        try:
+            return StatusRecord.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
             return None
-        return StatusRecord(**json.loads(path.read_text()))
 
     def statuses(self, cohort: str) -> list[StatusRecord]:
         """Every status record of a cohort."""
         d = self.status_dir(cohort)
         if not d.is_dir():
             return []
-        return [StatusRecord(**json.loads(p.read_text())) for p in sorted(d.glob("*.json"))]
+        out = []
+        for p in sorted(d.glob("*.json")):
+            try:
+                out.append(StatusRecord.from_json(json.loads(p.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return out
 
     # ---- catalog ------------------------------------------------------------------------
     def _feature_names(self, glob: str) -> list[str]:
@@ -311,7 +352,8 @@ class Store:
         if any(self.root.glob("status/*/*.json")):
             views["status"] = (
                 "SELECT cohort, patient_id, stage, state, message, seconds, key, finished_at, "
-                f"worker, submission, versions, inputs FROM read_json('{r}/status/*/*.json', "
+                "worker, submission, attempt, failure, error_type, \"where\", versions, inputs "
+                f"FROM read_json('{r}/status/*/*.json', "
                 "union_by_name = true, format = 'auto')")
         else:
             views["status"] = (

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.stats import chi2_contingency, mannwhitneyu, spearmanr
 
-from shared.demo import (
+from dtlr.services.coordinator.demo import (
     DEMO_COHORTS,
     DEMO_SCALE,
     FINDINGS,
@@ -24,7 +24,7 @@ from shared.demo import (
     plan_cohort,
     render_patient,
 )
-from shared.phantom import BONE, DIPLOE, EDEMA, GREY, TUMOUR, WHITE, Phantom
+from dtlr.services.coordinator.phantom import BONE, DIPLOE, EDEMA, GREY, TUMOUR, WHITE, Phantom
 
 SMALL = {"seed": 11, "n_train": 8, "n_test": 3, "n_reader2": 3}
 

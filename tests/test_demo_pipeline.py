@@ -21,14 +21,14 @@ import pandas as pd
 import pytest
 import torch
 
-from services.gpu_worker.data import list_slices, load_images, normalise, read_slices
-from services.gpu_worker.embed import load_model as load_cnn
-from services.gpu_worker.gradcam import cam_mass_inside, clearest_cases, gradcam_maps
-from services.gpu_worker.profiles import resolve
-from services.modeler.data import load_cohort
-from services.modeler.persist import load_model
-from shared.config import CNNSettings
-from shared.store import Store
+from dtlr.services.gpu_worker.data import list_slices, load_images, normalise, read_slices
+from dtlr.services.gpu_worker.embed import load_model as load_cnn
+from dtlr.services.gpu_worker.gradcam import cam_mass_inside, clearest_cases, gradcam_maps
+from dtlr.services.gpu_worker.profiles import resolve
+from dtlr.services.modeler.data import load_cohort
+from dtlr.services.modeler.persist import load_model
+from dtlr.shared.config import CNNSettings
+from dtlr.shared.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared import manifest
-from shared.demo import make_demo
-from shared.store import Store, read_feature_files
+from dtlr.services.coordinator.demo import make_demo
+from dtlr.shared import manifest
+from dtlr.shared.store import Store, read_feature_files
 
 pytestmark = pytest.mark.redis
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared import manifest
-from shared.store import Store
+from dtlr.shared import manifest
+from dtlr.shared.store import Store
 
 
 def write_manifest(tmp_path: Path, rows: list[dict], name: str = "manifest.csv") -> Path:

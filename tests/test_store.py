@@ -8,8 +8,14 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from shared.cli.sql import sql
-from shared.store import StatusRecord, Store, feature_table, read_feature_files, split_keyed_name
+from dtlr.services.coordinator.sql import sql
+from dtlr.shared.store import (
+    StatusRecord,
+    Store,
+    feature_table,
+    read_feature_files,
+    split_keyed_name,
+)
 
 KEY_A, KEY_B = "a" * 16, "b" * 16
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from services.extractor import features as rad
-from services.extractor.io import InputError, read_image, read_mask
-from services.extractor.preprocess import n4_correct
-from shared.config import PreprocessSettings, RadiomicsSettings
+from dtlr.services.extractor import features as rad
+from dtlr.services.extractor.io import read_image, read_mask
+from dtlr.services.extractor.preprocess import n4_correct
+from dtlr.shared.config import PreprocessSettings, RadiomicsSettings
+from dtlr.shared.stage import InputError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,9 +9,16 @@ from typing import Any
 import radiomics
 import SimpleITK as sitk
 import yaml
+from pykwalify.errors import SchemaError
 from radiomics import featureextractor, imageoperations
 
+from dtlr.shared.stage import InputError
+
 radiomics.setVerbosity(logging.ERROR)
+# pyradiomics logs INFO lines per feature class and case, and pykwalify prints its schema
+# errors: neither reaches a worker's log (the errors come back in InputError's message).
+logging.getLogger("radiomics").setLevel(logging.WARNING)
+logging.getLogger("pykwalify").setLevel(logging.CRITICAL)
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -26,6 +33,32 @@ def make_extractor(
     if isinstance(params, (str, Path)):
         params = load_params(params)
     return featureextractor.RadiomicsFeatureExtractor(params)
+
+
+def check_params(path: str | Path) -> dict[str, Any]:
+    """A parameter file validated against pyradiomics' own schema, or InputError naming why.
+
+    Builds the extractor once (what pyradiomics does when it starts), so a typo such as
+    ``binWidht`` refuses a run before its first patient instead of failing every one.
+    """
+    try:
+        params = load_params(path)
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"radiomics parameter file {path}: cannot read it as YAML ({exc})"
+                         ) from exc
+    if not isinstance(params, dict):
+        raise InputError(f"radiomics parameter file {path}: holds a {type(params).__name__}, "
+                         "not a mapping of sections (imageType, featureClass, setting)")
+    try:
+        make_extractor(params)
+    except SchemaError as exc:
+        found = [line.strip(" -.") for line in str(exc.msg).splitlines()[1:]] or [str(exc.msg)]
+        raise InputError(f"radiomics parameter file {path} is not valid for pyradiomics: "
+                         f"{'; '.join(found)}; fix the key (see pyradiomics' parameter file "
+                         "documentation)") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"radiomics parameter file {path}: {exc}") from exc
+    return params
 
 
 def mask_label(extractor: featureextractor.RadiomicsFeatureExtractor) -> int:

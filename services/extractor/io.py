@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-
-class InputError(ValueError):
-    """Bad input for one patient: the message names the file and the fix; never retried."""
+from dtlr.shared.stage import InputError
 
 
 def read_image(path: str | Path) -> sitk.Image:

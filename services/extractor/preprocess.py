@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from services.extractor.io import InputError
-from shared.config import PreprocessSettings
+from dtlr.shared.config import PreprocessSettings
+from dtlr.shared.stage import InputError
 
 
 def shrink_factors(spacing: tuple[float, ...], factor: int) -> list[int]:

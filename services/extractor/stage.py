@@ -6,44 +6,23 @@ Idempotent: outputs are named by a content key, and a patient whose outputs exis
 
 from __future__ import annotations
 
-import platform
-import socket
-import time
-import traceback
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pywt
-import radiomics
-import SimpleITK as sitk
-
-import shared
-from services.extractor import features as rad
-from services.extractor.io import InputError, read_image, read_mask
-from services.extractor.maxslice import max_slice
-from services.extractor.preprocess import n4_correct
-from shared.config import Settings
-from shared.hashing import content_key, file_digest
-from shared.store import StatusRecord, Store, StoreWriteError, feature_table
+from dtlr.services.extractor import features as rad
+from dtlr.services.extractor.io import read_image, read_mask
+from dtlr.services.extractor.maxslice import max_slice
+from dtlr.services.extractor.preprocess import n4_correct
+from dtlr.shared.config import Settings
+from dtlr.shared.hashing import content_key, file_digest
+from dtlr.shared.provenance import code_versions, versions
+from dtlr.shared.stage import InputError, StageRun, Unit
+from dtlr.shared.store import StatusRecord, Store, feature_table
 
 STAGE = "extract"
 # Bump when this stage's code changes its outputs: every cached result is then recomputed.
 CODE_VERSION = "extract-1"
-
-
-def versions() -> dict[str, str]:
-    """Library versions that shape this stage's numbers (stored with every result)."""
-    return {
-        "dtlr": shared.__version__,
-        "pyradiomics": radiomics.__version__,
-        "SimpleITK": sitk.Version.VersionString(),
-        "numpy": np.__version__,
-        "PyWavelets": pywt.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @dataclass(frozen=True)
@@ -70,7 +49,7 @@ def stage_parameters(settings: Settings) -> dict[str, Any]:
         "radiomics_params": rad.load_params(params_path),
         "maxslice": settings.maxslice.model_dump(mode="json"),
         "code": CODE_VERSION,
-        "versions": {k: v for k, v in versions().items() if k != "python"},
+        "versions": code_versions(STAGE),
     }
 
 
@@ -107,47 +86,24 @@ def is_done(store: Store, plan: PatientPlan) -> bool:
             and all(p.is_file() for p in outputs(store, plan)))
 
 
-def _record(row: dict[str, Any], state: str, message: str, seconds: float,
-            plan: PatientPlan | None, submission: str) -> StatusRecord:
-    return StatusRecord(
-        cohort=row["cohort"], patient_id=row["patient_id"], stage=STAGE, state=state,
-        message=message, seconds=round(seconds, 3), key=plan.key if plan else "",
-        versions=versions(), inputs=plan.inputs if plan else {},
-        worker=socket.gethostname(), finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        submission=submission,
-    )
-
-
 def extract_patient(store: Store, row: dict[str, Any], settings: Settings,
                     submission: str = "") -> StatusRecord:
-    """Run (or skip) one patient's extraction and record its status; never raises on bad input.
+    """Run (or skip) one patient's extraction; its status record says what happened.
 
-    Only a failure to write into the store propagates (StoreWriteError), so a queue can retry.
+    Bad input and unexpected errors become a failed record (the stage protocol,
+    :class:`~dtlr.shared.stage.StageRun`); only a failure to write into the store propagates
+    (StoreWriteError), so a queue can retry.
     """
-    t0 = time.perf_counter()
-    plan = None
-    try:
+    with StageRun(store, Unit(row["cohort"], row["patient_id"], STAGE), submission) as run:
         plan = plan_patient(row, settings)
+        run.key, run.inputs = plan.key, plan.inputs
         if is_done(store, plan):
-            status = store.read_status(plan.cohort, plan.patient_id, STAGE)
-            assert status is not None
-            return status
-        _run(store, plan, settings)
-    except InputError as exc:
-        record = _record(row, "failed", f"patient {row['patient_id']}: {exc}",
-                         time.perf_counter() - t0, plan, submission)
-    except StoreWriteError:
-        raise
-    except Exception as exc:  # one patient's crash must not stop the cohort
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        record = _record(row, "failed", f"patient {row['patient_id']}: unexpected "
-                         f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:"
-                         f"{where.lineno}); please report it with this message",
-                         time.perf_counter() - t0, plan, submission)
-    else:
-        record = _record(row, "done", "", time.perf_counter() - t0, plan, submission)
-    store.write_status(record)
-    return record
+            run.skip()
+        else:
+            run.start()
+            _run(store, plan, settings)
+    assert run.record is not None
+    return run.record
 
 
 def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
@@ -182,7 +138,7 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
                        settings.maxslice.margin_mm, label=label)
         key = plan.keys[reader]
         meta = {
-            "key": key, "inputs": plan.inputs, "versions": versions(),
+            "key": key, "inputs": plan.inputs, "versions": versions(STAGE),
             "params": str(settings.radiomics.params_path()),
             "max_slice_index": ms.slice_index,
             "diagnostics": {k: str(v) for k, v in diagnostics.items()

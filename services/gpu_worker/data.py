@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from torch.nn.functional import affine_grid, grid_sample, interpolate
 
-from shared import manifest
-from shared.store import Store
+from dtlr.shared import manifest
+from dtlr.shared.store import Store
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

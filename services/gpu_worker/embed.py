@@ -19,41 +19,29 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import platform
-import socket
 import time
-import traceback
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
-import torchvision
 
-import shared
-from services.gpu_worker.data import SliceRef, list_slices, load_images
-from services.gpu_worker.model import FEATURES, DTLNet, batched, load_checkpoint
-from services.gpu_worker.profiles import Runtime, deterministic
-from shared import manifest
-from shared.hashing import content_key, file_digest
-from shared.store import StatusRecord, Store, feature_table
+from dtlr.services.gpu_worker.data import SliceRef, list_slices, load_images
+from dtlr.services.gpu_worker.model import FEATURES, DTLNet, batched, load_checkpoint
+from dtlr.services.gpu_worker.profiles import Runtime, deterministic
+from dtlr.shared import manifest
+from dtlr.shared.hashing import content_key, file_digest
+from dtlr.shared.provenance import versions
+from dtlr.shared.stage import InputError, StageRun, Unit, failure_record, start_unit
+from dtlr.shared.store import StatusRecord, Store, StoreWriteError, feature_table
 
 STAGE = "embed"
 # Bump when this stage's code changes its outputs: every cached embedding is then recomputed.
 CODE_VERSION = "embed-1"
 COLUMNS = tuple(f"dtl_{i:04d}" for i in range(FEATURES))
-
-
-def versions() -> dict[str, str]:
-    """Library versions that shape the features (stored with every result)."""
-    return {"dtlr": shared.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__,
-            "pyarrow": pa.__version__, "python": platform.python_version()}
 
 
 @dataclass(frozen=True)
@@ -122,24 +110,18 @@ def is_embedded(store: Store, cohort: str, model_id: str, patient_id: str) -> bo
             and store.dtl_path(cohort, model_id, patient_id, status.key).is_file())
 
 
-def _record(cohort: str, patient_id: str, state: str, message: str, seconds: float, key: str,
-            inputs: dict[str, str], submission: str) -> StatusRecord:
-    return StatusRecord(
-        cohort=cohort, patient_id=patient_id, stage=STAGE, state=state, message=message,
-        seconds=round(seconds, 4), key=key, versions=versions(), inputs=inputs,
-        worker=socket.gethostname(), finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        submission=submission)
-
-
 @dataclass
 class _Todo:
+    """A patient to embed: its max slices, the key of its features, and its inputs."""
+
     patient_id: str
     slices: dict[int, SliceRef]
     key: str
+    inputs: dict[str, str]
 
-    @property
-    def inputs(self) -> dict[str, str]:
-        return {f"maxslice_reader{r}": s.key for r, s in sorted(self.slices.items())}
+    @staticmethod
+    def slice_keys(slices: dict[int, SliceRef]) -> dict[str, str]:
+        return {f"maxslice_reader{r}": s.key for r, s in sorted(slices.items())}
 
 
 def embed_cohort(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtime,
@@ -161,11 +143,14 @@ def embed_cohort(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtim
     for pid in wanted:
         slices = by_patient.get(pid, {})
         if pid not in known or 1 not in slices:
-            why = (f"patient {pid} is not in cohort {cohort}'s manifest" if pid not in known
-                   else f"patient {pid}: no max slice in the store; its extraction failed or "
-                        "has not run (see `dtlr status`); fix that and re-submit")
-            records.append(_record(cohort, pid, "failed", why, 0.0, "", model_inputs,
-                                   submission))
+            why = (f"not in cohort {cohort}'s manifest; register it with `dtlr cohort add`"
+                   if pid not in known else
+                   "no max slice in the store; its extraction failed or has not run (see "
+                   "`dtlr status`); fix that and re-submit")
+            record = failure_record(Unit(cohort, pid, STAGE), InputError(why), submission,
+                                    inputs=model_inputs)
+            store.write_status(record)
+            records.append(record)
             continue
         key = embedding_key(loaded, slices, runtime)
         status = store.read_status(cohort, pid, STAGE)
@@ -173,59 +158,54 @@ def embed_cohort(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtim
                 and store.dtl_path(cohort, loaded.model_id, pid, key).is_file()):
             records.append(status)
             continue
-        todo.append(_Todo(pid, slices, key))
-    for record in records:
-        if record.state == "failed":
-            store.write_status(record)
+        todo.append(_Todo(pid, slices, key, {**model_inputs, **_Todo.slice_keys(slices)}))
     if todo:
-        records += _embed(store, cohort, loaded, runtime, todo, model_inputs, submission)
+        records += _embed(store, cohort, loaded, runtime, todo, submission)
     return records
 
 
 def _embed(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtime,
-           todo: list[_Todo], model_inputs: dict[str, str],
-           submission: str) -> list[StatusRecord]:
-    """Compute and write the features of the patients in ``todo``."""
+           todo: list[_Todo], submission: str) -> list[StatusRecord]:
+    """Compute and write the features of the patients in ``todo`` (one batch)."""
     t0 = time.perf_counter()
+    units = [Unit(cohort, t.patient_id, STAGE) for t in todo]
+    attempts = [0] * len(todo)
     refs = [t.slices[r] for t in todo for r in sorted(t.slices)]
     try:
+        attempts = [start_unit(store, u, submission, t.key, t.inputs)
+                    for u, t in zip(units, todo, strict=True)]
         images, problems = load_images(refs, loaded.image_size, runtime.device, runtime.threads)
         feats = embed_images(loaded.net, images, runtime)
+    except StoreWriteError:
+        raise
     except Exception as exc:  # a crash of the batch fails its patients, not the cohort
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        message = (f"unexpected {type(exc).__name__}: {exc} (at {Path(where.filename).name}:"
-                   f"{where.lineno}); please report it with this message")
-        records = [_record(cohort, t.patient_id, "failed", f"patient {t.patient_id}: {message}",
-                           0.0, t.key, {**model_inputs, **t.inputs}, submission) for t in todo]
-        for record in records:
+        failed = [failure_record(u, exc, submission, key=t.key, inputs=t.inputs, attempt=a)
+                  for u, t, a in zip(units, todo, attempts, strict=True)]
+        for record in failed:
             store.write_status(record)
-        return records
+        return failed
     share = (time.perf_counter() - t0) / len(todo)
     meta_common = {"model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256,
                    "image_size": loaded.image_size, "code": CODE_VERSION,
-                   "versions": versions(), "runtime": runtime.describe()}
+                   "versions": versions(STAGE), "runtime": runtime.describe()}
     ends = list(itertools.accumulate(len(t.slices) for t in todo))
-    rows = [(t, end - len(t.slices), end) for t, end in zip(todo, ends, strict=True)]
+    rows = [(u, t, a, end - len(t.slices), end)
+            for u, t, a, end in zip(units, todo, attempts, ends, strict=True)]
 
-    def write(item: tuple[_Todo, int, int]) -> StatusRecord:
-        t, lo, hi = item
-        t1 = time.perf_counter()
-        inputs = {**model_inputs, **t.inputs}
-        bad = [p for p in problems[lo:hi] if p]
-        if bad:
-            record = _record(cohort, t.patient_id, "failed",
-                             f"patient {t.patient_id}: {'; '.join(bad)}", share, t.key, inputs,
-                             submission)
-        else:
+    def write(item: tuple[Unit, _Todo, int, int, int]) -> StatusRecord:
+        unit, t, attempt, lo, hi = item
+        with StageRun(store, unit, submission, key=t.key, inputs=t.inputs, attempt=attempt,
+                      extra_seconds=share) as run:
+            bad = [p for p in problems[lo:hi] if p]
+            if bad:
+                raise InputError("; ".join(bad))
             ids = [{"cohort": cohort, "patient_id": t.patient_id, "reader": r,
                     "model_id": loaded.model_id} for r in sorted(t.slices)]
             table = feature_table(ids, COLUMNS, feats[lo:hi])
             store.write_table(table, store.dtl_path(cohort, loaded.model_id, t.patient_id, t.key),
                               {**meta_common, "key": t.key, "maxslice_keys": t.inputs})
-            record = _record(cohort, t.patient_id, "done", "",
-                             share + time.perf_counter() - t1, t.key, inputs, submission)
-        store.write_status(record)
-        return record
+        assert run.record is not None
+        return run.record
 
     with ThreadPoolExecutor(max(1, runtime.threads)) as pool:
         return list(pool.map(write, rows))

@@ -21,8 +21,9 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch.nn.functional import interpolate
 
-from services.gpu_worker.data import WINDOW_PERCENTILES, normalise
-from services.gpu_worker.model import DTLNet, write_bytes_atomic
+from dtlr.services.gpu_worker.data import WINDOW_PERCENTILES, normalise
+from dtlr.services.gpu_worker.model import DTLNet
+from dtlr.shared.store import Store
 
 
 @dataclass
@@ -79,9 +80,10 @@ def overlay_png(max_slice: np.ndarray, cam: np.ndarray, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_overlay(path: Path, max_slice: np.ndarray, cam: np.ndarray, title: str) -> Path:
+def write_overlay(store: Store, path: Path, max_slice: np.ndarray, cam: np.ndarray,
+                  title: str) -> Path:
     """Write :func:`overlay_png` to ``path`` atomically."""
-    write_bytes_atomic(path, overlay_png(max_slice, cam, title))
+    store.write_bytes(overlay_png(max_slice, cam, title), path)
     return path
 
 

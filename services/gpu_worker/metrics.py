@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from services.modeler.stats import binary_metrics, roc_auc_delong
+from dtlr.shared.stats import binary_metrics, roc_auc_delong
 
 THRESHOLD = 0.5
 

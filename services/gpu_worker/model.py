@@ -9,8 +9,7 @@ recorded in the model's provenance and the report.
 from __future__ import annotations
 
 import io
-import os
-import uuid
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import torch
 import torchvision
 from torch import nn
 
-from services.gpu_worker.data import normalise
-from services.gpu_worker.profiles import Runtime, autocast
-from shared.hashing import file_digest
-from shared.store import StoreWriteError
+from dtlr.services.gpu_worker.data import normalise
+from dtlr.services.gpu_worker.profiles import Runtime, autocast
+from dtlr.shared.hashing import file_digest
+from dtlr.shared.store import Store
 
 FEATURES = 2048
 IMAGENET = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
@@ -109,6 +108,25 @@ def backbone_state(weights: str) -> dict[str, torch.Tensor] | None:
     return _strip(state)
 
 
+DOWNLOAD_TIMEOUT_S = 20  # an offline machine gives up on the ImageNet download this fast
+
+
+def check_weights(weights: str) -> dict[str, str]:
+    """Make sure the initial weights load into ResNet50 (downloading ImageNet's once).
+
+    Raises :class:`WeightsError` with the fix; returns their identity. Runs on the CPU only
+    (it never initialises CUDA), so a GPU worker's parent process can answer it.
+    """
+    identity = weights_identity(weights)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        build_model(weights, dropout=0.5, seed=0)
+    finally:
+        socket.setdefaulttimeout(previous)
+    return identity
+
+
 def build_model(weights: str, dropout: float, seed: int) -> DTLNet:
     """A DTLNet with seeded initialisation, its backbone loaded from ``weights``."""
     with torch.random.fork_rng(devices=[]):
@@ -124,26 +142,13 @@ def build_model(weights: str, dropout: float, seed: int) -> DTLNet:
     return model
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file via temp file + rename, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StoreWriteError(f"cannot write {path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_checkpoint(model: DTLNet, path: Path) -> None:
+def save_checkpoint(store: Store, model: DTLNet, path: Path) -> None:
     """The model's state dict (CPU tensors), loadable with torch.load(weights_only=True)."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().to("cpu", copy=True).contiguous()
                 for k, v in model.state_dict().items()},
                buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    store.write_bytes(buffer.getvalue(), path)
 
 
 def load_checkpoint(path: Path, dropout: float) -> DTLNet:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from shared.config import CNNSettings
+from dtlr.shared.config import CNNSettings
 
 
 @dataclass(frozen=True)

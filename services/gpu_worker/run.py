@@ -20,14 +20,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from services.gpu_worker import embed as embed_stage
-from services.gpu_worker.data import (
+from dtlr.services.gpu_worker import embed as embed_stage
+from dtlr.services.gpu_worker.data import (
     SliceRef,
     cohort_labels,
     list_slices,
@@ -35,7 +34,7 @@ from services.gpu_worker.data import (
     read_slices,
     split_validation,
 )
-from services.gpu_worker.gradcam import (
+from dtlr.services.gpu_worker.gradcam import (
     GradcamCase,
     cam_mass_inside,
     clearest_cases,
@@ -43,31 +42,34 @@ from services.gpu_worker.gradcam import (
     gradcam_maps,
     write_overlay,
 )
-from services.gpu_worker.metrics import (
+from dtlr.services.gpu_worker.metrics import (
     THRESHOLD,
     cnn_metrics,
     head_probabilities,
     metrics_html,
     training_curve,
 )
-from services.gpu_worker.model import (
+from dtlr.services.gpu_worker.model import (
     WeightsError,
     build_model,
     save_checkpoint,
     weights_identity,
 )
-from services.gpu_worker.profiles import PAPER, Profile, Runtime, resolve
-from services.gpu_worker.train import fit
-from services.modeler.report import ReportSection
-from shared.config import Settings
-from shared.hashing import content_key, file_digest
-from shared.store import StatusRecord, Store, read_feature_files
+from dtlr.services.gpu_worker.profiles import PAPER, Profile, Runtime, resolve
+from dtlr.services.gpu_worker.train import fit
+from dtlr.shared.config import Settings
+from dtlr.shared.hashing import content_key, file_digest
+from dtlr.shared.provenance import versions
+from dtlr.shared.report import ReportSection
+from dtlr.shared.stage import COHORT, InputError, StageRun, Unit
+from dtlr.shared.store import StatusRecord, Store, read_feature_files
 
+STAGE = "finetune"
 # Bump when fine-tuning's code changes its result: every model id changes with it.
 CODE_VERSION = "finetune-1"
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(InputError):
     """Fine-tuning cannot run on these inputs (slices, labels or initial weights); the message
     says what to fix."""
 
@@ -124,11 +126,6 @@ def plan_finetune(store: Store, train_cohort: str, settings: Settings,
                         [r.patient_id for r in train_refs if r.label is None], weights)
 
 
-def failure_path(store: Store, model_id: str) -> Path:
-    """Where a fine-tuning that could not run leaves its message (for a coordinator to read)."""
-    return store.model_dir(model_id) / "failure.json"
-
-
 def is_trained(store: Store, model_id: str) -> bool:
     """Whether models/<model_id>/ holds a finished fine-tuning."""
     d = store.model_dir(model_id)
@@ -163,36 +160,47 @@ def _notes(info: dict[str, Any]) -> list[str]:
 
 
 def finetune(store: Store, train_cohort: str, settings: Settings,
-             extra_cohorts: Sequence[str] = ()) -> str:
-    """Fine-tune ResNet50 (or reuse a finished identical run) and return its model id."""
+             extra_cohorts: Sequence[str] = (), submission: str = "") -> StatusRecord:
+    """Fine-tune ResNet50 (or reuse a finished identical run); the record's key is the model id.
+
+    The cohort-level ``finetune`` record (stage protocol) says done, or why it failed: bad
+    training data or initial weights (the fix), or an unexpected error.
+    """
+    with StageRun(store, Unit(train_cohort, COHORT, STAGE), submission) as run:
+        plan = plan_finetune(store, train_cohort, settings, extra_cohorts)
+        run.key = plan.model_id
+        run.inputs = {"weights": plan.weights.get("sha256") or plan.weights["source"],
+                      "fit_slices": content_key(_ids(plan.fit)),
+                      "validation_slices": content_key(_ids(plan.val))}
+        if is_trained(store, plan.model_id):
+            run.skip()
+        else:
+            run.start()
+            _train(store, plan, train_cohort, settings)
+    assert run.record is not None
+    return run.record
+
+
+def _train(store: Store, plan: TrainingPlan, train_cohort: str, settings: Settings) -> None:
+    """The fine-tuning itself; models/<model_id>/model.json is written last."""
     t0 = time.perf_counter()
-    plan = plan_finetune(store, train_cohort, settings, extra_cohorts)
-    if is_trained(store, plan.model_id):
-        return plan.model_id
     runtime, cnn, prof = plan.runtime, settings.cnn, plan.runtime.profile
+    fit_x, fit_problems = load_images(plan.fit, prof.image_size, runtime.device, runtime.threads)
+    val_x, val_problems = load_images(plan.val, prof.image_size, runtime.device, runtime.threads)
+    problems = [p for p in fit_problems + val_problems if p]
+    if problems:
+        raise TrainingDataError("cannot fine-tune: " + "; ".join(problems))
+    t_loaded = time.perf_counter()
     try:
-        fit_x, fit_problems = load_images(plan.fit, prof.image_size, runtime.device,
-                                          runtime.threads)
-        val_x, val_problems = load_images(plan.val, prof.image_size, runtime.device,
-                                          runtime.threads)
-        problems = [p for p in fit_problems + val_problems if p]
-        if problems:
-            raise TrainingDataError("cannot fine-tune: " + "; ".join(problems))
-        t_loaded = time.perf_counter()
         model = build_model(cnn.weights, cnn.dropout, settings.seed)
-    except (TrainingDataError, WeightsError) as exc:
-        store.write_json({"model_id": plan.model_id, "message": str(exc),
-                          "at": datetime.now(UTC).isoformat(timespec="seconds")},
-                         failure_path(store, plan.model_id))
-        if isinstance(exc, WeightsError):
-            raise TrainingDataError(str(exc)) from exc
-        raise
+    except WeightsError as exc:
+        raise TrainingDataError(str(exc)) from exc
     t_built = time.perf_counter()
     result = fit(model, fit_x, _labels(plan.fit, runtime.device), val_x,
                  _labels(plan.val, runtime.device), runtime, cnn, settings.seed)
     t_fit = time.perf_counter()
     directory = store.model_dir(plan.model_id)
-    save_checkpoint(model, directory / "checkpoint.pt")
+    save_checkpoint(store, model, directory / "checkpoint.pt")
     store.write_json({**result.to_json(), "model_id": plan.model_id},
                      directory / "train_log.json")
     t_saved = time.perf_counter()
@@ -207,7 +215,7 @@ def finetune(store: Store, train_cohort: str, settings: Settings,
         "protocol": cnn.protocol, "seed": settings.seed, "weights": plan.weights,
         "dropout": cnn.dropout, "profile_name": prof.name, "profile": asdict(prof),
         "settings": cnn.model_dump(mode="json"), "runtime": runtime.describe(),
-        "versions": {k: v for k, v in embed_stage.versions().items() if k != "pyarrow"},
+        "versions": versions(STAGE),
         "checkpoint_sha256": file_digest(directory / "checkpoint.pt"),
         "chosen_epoch": result.chosen_epoch,
         "val_auc": result.log[result.chosen_epoch - 1].val_auc,
@@ -217,8 +225,6 @@ def finetune(store: Store, train_cohort: str, settings: Settings,
     }
     info["notes"] = _notes(info) + result.notes
     store.write_json(info, directory / "model.json")
-    failure_path(store, plan.model_id).unlink(missing_ok=True)
-    return plan.model_id
 
 
 def embed(store: Store, cohort: str, model_id: str, settings: Settings,
@@ -316,6 +322,7 @@ def _gradcam_cases(store: Store, cohort: str, loaded: embed_stage.LoadedModel,
         inside = cam_mass_inside(cam, arr)
         png = store.model_dir(loaded.model_id) / "gradcam" / f"cohort={cohort}" / \
             f"{ref.patient_id}.png"
-        write_overlay(png, arr, cam, f"{cohort} / {ref.patient_id}  P(high grade) {prob:.2f}")
+        write_overlay(store, png, arr, cam,
+                      f"{cohort} / {ref.patient_id}  P(high grade) {prob:.2f}")
         out.append(GradcamCase(cohort, ref.patient_id, label, prob, inside, png))
     return out

@@ -28,10 +28,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from services.gpu_worker.data import N_AUG, augment, normalise
-from services.gpu_worker.model import DTLNet, batched
-from services.gpu_worker.profiles import Runtime, autocast, deterministic
-from shared.config import CNNSettings
+from dtlr.services.gpu_worker.data import N_AUG, augment, normalise
+from dtlr.services.gpu_worker.model import DTLNet, batched
+from dtlr.services.gpu_worker.profiles import Runtime, autocast, deterministic
+from dtlr.shared.config import CNNSettings
 
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (PyTorch's documented recipe)
 

@@ -11,11 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from services.modeler.persist import ModelFileError
-from services.modeler.run import predict_cohort, render_table3, run_modeler
-from shared.cli.common import console, settings_option, store_option
-from shared.config import Settings
-from shared.store import Store, StoreError
+from dtlr.services.modeler.persist import ModelFileError
+from dtlr.services.modeler.run import predict_cohort, render_table3, run_modeler
+from dtlr.shared.cli import console, settings_option, store_option
+from dtlr.shared.config import Settings
+from dtlr.shared.store import Store, StoreError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

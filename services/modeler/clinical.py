@@ -17,7 +17,8 @@ from numpy.typing import NDArray
 from scipy.stats import chi2_contingency, ttest_ind
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from shared.manifest import CATEGORIES, NUMERIC, POSITIVE_LEVEL
+from dtlr.shared.manifest import CATEGORIES, NUMERIC, POSITIVE_LEVEL
+from dtlr.shared.stage import InputError
 
 _FINDINGS = {
     "heterogeneous_enhancement": "Heterogeneous enhancement",
@@ -134,7 +135,7 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
             self.univariable_[j] = logistic_fit(X[[names[j]]], y)[cols].to_numpy()[0]
         uni_p = np.where(np.isnan(self.univariable_[:, 4]), np.inf, self.univariable_[:, 4])
         if not np.isfinite(uni_p).any():
-            raise ValueError("no clinical column varies in the training cohort")
+            raise InputError("no clinical column varies in the training cohort")
         entered = np.flatnonzero(uni_p < self.p_threshold)
         notes = []
         if entered.size:

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from shared.hashing import content_key
-from shared.manifest import encode_clinical
-from shared.store import Store, read_feature_files
+from dtlr.shared.hashing import content_key
+from dtlr.shared.manifest import encode_clinical
+from dtlr.shared.stage import InputError
+from dtlr.shared.store import Store, read_feature_files
 
 _ID_COLUMNS = {"cohort", "patient_id", "reader", "model_id"}
 
@@ -87,11 +88,11 @@ def resolve_dtl_model(store: Store, cohort: str, requested: str | None) -> str |
     ids = dtl_model_ids(store, cohort)
     if requested is not None:
         if requested not in ids:
-            raise ValueError(f"no DTL features of model {requested!r} for cohort {cohort!r} "
+            raise InputError(f"no DTL features of model {requested!r} for cohort {cohort!r} "
                              f"(available: {', '.join(ids) or 'none'})")
         return requested
     if len(ids) > 1:
-        raise ValueError(f"cohort {cohort!r} has DTL features from several CNN models "
+        raise InputError(f"cohort {cohort!r} has DTL features from several CNN models "
                          f"({', '.join(ids)}); pass the one to use (--dtl-model)")
     return ids[0] if ids else None
 
@@ -104,7 +105,7 @@ def load_cohort(store: Store, cohort: str, dtl_model_id: str | None = None,
                                [cohort]).df()
     if manifest.empty:
         known = ", ".join(store.cohorts()) or "none yet"
-        raise KeyError(f"cohort {cohort!r} is not registered (registered: {known})")
+        raise InputError(f"cohort {cohort!r} is not registered (registered: {known})")
     manifest = manifest.set_index(manifest["patient_id"].astype(str))
     readers = (1, 2) if with_reader2 else (1,)
     tables = {"radiomics": read_features(store, "radiomics", cohort, readers)}
@@ -121,7 +122,7 @@ def load_cohort(store: Store, cohort: str, dtl_model_id: str | None = None,
                             f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
         patients = patients.intersection(table.index, sort=False)
     if len(patients) == 0:
-        raise ValueError(f"cohort {cohort!r}: no patient has features yet; run the extraction "
+        raise InputError(f"cohort {cohort!r}: no patient has features yet; run the extraction "
                          "stage first (dtlr-submit)")
     clinical = encode_clinical(manifest.loc[patients])
     parts = [clinical.add_prefix("clinical:")]
@@ -131,7 +132,7 @@ def load_cohort(store: Store, cohort: str, dtl_model_id: str | None = None,
     labels = manifest.loc[patients, "label"]
     unlabelled = labels.isna()
     if require_labels and unlabelled.any():
-        raise ValueError(f"cohort {cohort!r}: {int(unlabelled.sum())} patient(s) without a "
+        raise InputError(f"cohort {cohort!r}: {int(unlabelled.sum())} patient(s) without a "
                          f"label or grade (e.g. {', '.join(labels.index[unlabelled][:5])}); "
                          "training and testing need labels, prediction does not")
     y = None if unlabelled.any() else labels.to_numpy(np.int64)

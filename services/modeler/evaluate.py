@@ -1,6 +1,6 @@
 """Evaluation of every model on one cohort: the numbers behind Tables 3 and 4 and Figs 5-6.
 
-All statistics come from :mod:`services.modeler.stats` (DeLong, Wilson CIs, Hosmer-Lemeshow,
+All statistics come from :mod:`dtlr.shared.stats` (DeLong, Wilson CIs, Hosmer-Lemeshow,
 decision curves); this module only applies them per model and per cohort and lays them out.
 Threshold metrics use each model's Youden threshold chosen on the training cohort.
 """
@@ -16,8 +16,9 @@ from numpy.typing import NDArray
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
-from services.modeler.models import DTLRModel
-from services.modeler.stats import (
+from dtlr.services.modeler.models import DTLRModel
+from dtlr.shared.stage import InputError
+from dtlr.shared.stats import (
     HosmerLemeshow,
     binary_metrics,
     decision_curve,
@@ -60,7 +61,7 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
     """Predict with every model and compute AUC (DeLong CI), threshold metrics, HL, curves."""
     y = np.asarray(y).astype(np.int64)
     if set(np.unique(y)) != {0, 1}:
-        raise ValueError(f"cohort {cohort!r} needs both low- and high-grade patients to be "
+        raise InputError(f"cohort {cohort!r} needs both low- and high-grade patients to be "
                          "evaluated")
     probs = model.predict_proba_models(X)
     rows, hl, roc, cal = [], {}, {}, {}

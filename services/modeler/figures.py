@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,17 +12,9 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.pipeline import Pipeline
 
-from services.modeler.evaluate import CohortEvaluation
+from dtlr.services.modeler.evaluate import CohortEvaluation
 
 COLORS = {"clinical": "#1f77b4", "radiomics": "#2ca02c", "dtl": "#9467bd", "nomogram": "#d62728"}
-
-
-def png_base64(fig: Figure, dpi: int = 100) -> str:
-    """A figure as a base64 PNG (for an <img src="data:..."> tag); closes the figure."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _panels(n: int, height: float = 4.0) -> tuple[Figure, list[plt.Axes]]:

@@ -36,10 +36,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from services.modeler.clinical import ClinicalSelector
-from services.modeler.selection import selection_pipeline
-from services.modeler.stats import youden_threshold
-from shared.config import ModelerSettings, Settings
+from dtlr.services.modeler.clinical import ClinicalSelector
+from dtlr.services.modeler.selection import selection_pipeline
+from dtlr.shared.config import ModelerSettings, Settings
+from dtlr.shared.stage import InputError
+from dtlr.shared.stats import youden_threshold
 
 FAMILIES = ("clinical", "radiomics", "dtl")
 SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
@@ -118,12 +119,12 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         """Fit every model on the training cohort only, then each model's Youden threshold."""
         y = np.asarray(y).astype(np.int64)
         if set(np.unique(y)) != {0, 1}:
-            raise ValueError("training labels must contain both 0 (low grade) and 1 (high grade)")
+            raise InputError("training labels must contain both 0 (low grade) and 1 (high grade)")
         reader2 = reader2 or {}
         self.classes_ = np.array([0, 1])
         self.families_ = [f for f in FAMILIES[1:] if not family_columns(X, f).empty]
         if "radiomics" not in self.families_:
-            raise ValueError("the training cohort has no radiomics features")
+            raise InputError("the training cohort has no radiomics features")
         self.clinical_ = Pipeline([
             ("select", ClinicalSelector(p_threshold=self.clinical_p_threshold)),
             ("impute", SimpleImputer(strategy="median")),

@@ -22,9 +22,9 @@ from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
 from scipy.special import expit, logit
 
-from services.modeler.clinical import display_name, levels
-from services.modeler.models import DTLRModel
-from shared.manifest import NUMERIC
+from dtlr.services.modeler.clinical import display_name, levels
+from dtlr.services.modeler.models import DTLRModel
+from dtlr.shared.manifest import NUMERIC
 
 SCORE_LABELS = {"rad_score": "Rad score", "dtl_score": "DTL score"}
 # Risk ticks in labelling priority (the middle first), as rms chooses fun.at.

@@ -9,15 +9,13 @@ settings, library versions, input content keys, selected features, formulas, thr
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import skops.io as sio
 
-from services.modeler.models import DTLRModel
-from shared.store import Store
+from dtlr.services.modeler.models import DTLRModel
+from dtlr.shared.store import Store
 
 MODEL_FILE = "modeler.skops"
 META_FILE = "modeler.json"
@@ -25,12 +23,12 @@ META_FILE = "modeler.json"
 # Every type a fitted DTLRModel contains beyond skops' defaults (numpy, builtins, sklearn's
 # own default-trusted estimators). Listed explicitly: a file needing anything else is refused.
 TRUSTED_TYPES = [
-    "services.modeler.clinical.ClinicalSelector",
-    "services.modeler.icc.ICCFilter",
-    "services.modeler.models.DTLRModel",
-    "services.modeler.selection.FiniteColumns",
-    "services.modeler.selection.LassoSelector",
-    "services.modeler.selection.SpearmanFilter",
+    "dtlr.services.modeler.clinical.ClinicalSelector",
+    "dtlr.services.modeler.icc.ICCFilter",
+    "dtlr.services.modeler.models.DTLRModel",
+    "dtlr.services.modeler.selection.FiniteColumns",
+    "dtlr.services.modeler.selection.LassoSelector",
+    "dtlr.services.modeler.selection.SpearmanFilter",
     "numpy.dtype",  # SimpleImputer's recorded input dtype
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
@@ -45,16 +43,14 @@ class ModelFileError(RuntimeError):
 def save_model(store: Store, run_id: str, model: DTLRModel, metadata: dict[str, Any]) -> Path:
     """Write modeler.skops and modeler.json under models/<run_id>/ atomically; returns it."""
     folder = store.model_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{MODEL_FILE}.tmp-{uuid.uuid4().hex}"
-    try:
+
+    def dump(tmp: Path) -> None:
         sio.dump(model, tmp)
         untrusted = set(sio.get_untrusted_types(file=tmp)) - set(TRUSTED_TYPES)
         if untrusted:
             raise ModelFileError(f"model contains types outside TRUSTED_TYPES: {sorted(untrusted)}")
-        os.replace(tmp, folder / MODEL_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    store.write_file(folder / MODEL_FILE, dump)
     store.write_json({**metadata, "trusted_types": TRUSTED_TYPES}, folder / META_FILE)
     return folder
 

@@ -7,22 +7,20 @@ their own sections (the GPU stage: the CNN's own metrics and Grad-CAM overlays) 
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from services.modeler import figures
-from services.modeler.clinical import display_name, group_comparison
-from services.modeler.data import CohortData
-from services.modeler.evaluate import CohortEvaluation, delong_matrix
-from services.modeler.icc import ICC_FORMS
-from services.modeler.models import DTLRModel, family_columns, model_label
-from services.modeler.nomogram import draw_nomogram, predictor_label
+from dtlr.services.modeler import figures
+from dtlr.services.modeler.clinical import display_name, group_comparison
+from dtlr.services.modeler.data import CohortData
+from dtlr.services.modeler.evaluate import CohortEvaluation, delong_matrix
+from dtlr.services.modeler.icc import ICC_FORMS
+from dtlr.services.modeler.models import DTLRModel, family_columns, model_label
+from dtlr.services.modeler.nomogram import draw_nomogram, predictor_label
+from dtlr.shared.report import ReportSection, esc, figure_html, fmt_ci, fmt_p, html_table
 
 FAMILY_LABELS = {"radiomics": "Radiomics", "dtl": "DTL"}
 SCORE_TITLES = {"radiomics": ("Formula 1", "Rad score"), "dtl": ("Formula 2", "DTL score")}
@@ -57,15 +55,6 @@ img{max-width:100%}
 
 
 @dataclass
-class ReportSection:
-    """An extra report section: a title, HTML, and figures (matplotlib or PNG bytes) + captions."""
-
-    title: str
-    html: str = ""
-    figures: Sequence[tuple[Figure | bytes, str]] = field(default_factory=list)
-
-
-@dataclass
 class ReportInputs:
     """Everything the report shows."""
 
@@ -80,52 +69,6 @@ class ReportInputs:
     settings: dict[str, object]
     versions: dict[str, str]
     extra_sections: Sequence[ReportSection] = ()
-
-
-def esc(value: object) -> str:
-    """HTML-escaped text."""
-    return html.escape(str(value))
-
-
-def fmt_p(p: float) -> str:
-    """p-value as the paper prints it (< 0.001 below a thousandth)."""
-    if p is None or not np.isfinite(p):
-        return "-"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    """'0.788 (0.700–0.876)'."""
-    if not np.isfinite(value):
-        return "-"
-    return f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
-
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1,
-           groups: dict[int, str] | None = None, top: list[tuple[str, int]] | None = None) -> str:
-    """An HTML table in the paper's style; ``groups`` inserts bold rows before row indices."""
-    out = ['<table class="paper"><thead>']
-    if top:
-        out.append("<tr>" + "".join(f'<th colspan="{n}">{esc(t)}</th>' for t, n in top) + "</tr>")
-    out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
-    for i, row in enumerate(rows):
-        if groups and i in groups:
-            out.append(f'<tr class="group"><td colspan="{len(header)}">{esc(groups[i])}</td></tr>')
-        cells = [f'<td class="num">{esc(c)}</td>' if j >= numeric_from else f"<td>{esc(c)}</td>"
-                 for j, c in enumerate(row)]
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def _figure(fig: Figure | bytes, caption: str) -> str:
-    """A <figure> with the image embedded as base64 PNG."""
-    if isinstance(fig, bytes):
-        data = base64.b64encode(fig).decode("ascii")
-    else:
-        data = figures.png_base64(fig)
-    return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
 def cohort_title(role: str, cohort: str) -> str:
@@ -167,7 +110,7 @@ class _Report:
         else:
             rows.append(["DTL features", "none in this run: clinical, radiomics and "
                                          "nomogram models only"])
-        self.parts.append(_table(["", ""], rows, numeric_from=9))
+        self.parts.append(html_table(["", ""], rows, numeric_from=9))
         for d in [inp.train, *inp.tests]:
             for msg in d.excluded:
                 self.p(f"Cohort {d.cohort}: {msg}", "note")
@@ -187,7 +130,7 @@ class _Report:
                 r = c.iloc[i]
                 row += [r["low_grade"], r["high_grade"], fmt_p(r["p"])]
             rows.append(row)
-        self.parts.append(_table(header, rows, top=top))
+        self.parts.append(html_table(header, rows, top=top))
         self.p("Continuous variables: mean ± SD, Welch's t test; categorical: counts "
                "(level 0 : level 1), chi-square test with Yates' correction. Missing values are "
                "left out per variable.")
@@ -206,7 +149,7 @@ class _Report:
                          fmt_ci(r.multi_odds_ratio, r.multi_ci_low, r.multi_ci_high)
                          if np.isfinite(r.multi_p) else "", fmt_p(r.multi_p)
                          if np.isfinite(r.multi_p) else "", "yes" if r.selected else ""])
-        self.parts.append(_table(["Feature", "Univariable OR (95% CI)", "p",
+        self.parts.append(html_table(["Feature", "Univariable OR (95% CI)", "p",
                                   "Multivariable OR (95% CI)", "p", "Selected"], rows))
         chosen = ", ".join(display_name(f) for f in sel.get_feature_names_out())
         self.p(f"Features with univariable p < {sel.p_threshold:g} entered the multivariable "
@@ -232,18 +175,18 @@ class _Report:
                      str(int(sp.support_.sum()))],
                     ["LASSO non-zero", str(int(lasso.support_.sum()))],
                     ["LASSO lambda (alpha)", f"{lasso.alpha_:.4g}"]]
-            self.parts.append(_table(["Step", "Features"], rows))
+            self.parts.append(html_table(["Step", "Features"], rows))
             self.p(icc.note_)
             if lasso.note_:
                 self.p(f"Fallback: {lasso.note_}.", "note")
             self.formula(family)
-            self.parts.append(_figure(figures.lasso_figure(pipe, label),
+            self.parts.append(figure_html(figures.lasso_figure(pipe, label),
                                       f"Fig 2 ({label}). LASSO: {lasso.mse_path_.shape[1]}-fold "
                                       "cross-validated error (mean ± SE) and coefficient paths; "
                                       "dashed line = chosen lambda."))
             names, _, _, _ = self.selected(family)
             values = pipe[:-1].transform(family_columns(self.inp.train.X, family))
-            self.parts.append(_figure(figures.correlation_figure(values, names, label),
+            self.parts.append(figure_html(figures.correlation_figure(values, names, label),
                                       f"Fig 3 ({label}). Spearman correlation of the selected "
                                       "features in the training set."))
         self.p(f"ICC form: {ICC_FORMS[self.model.icc_form]} (Koo & Li 2016 recommend it for "
@@ -271,7 +214,7 @@ class _Report:
                           f"{lasso.intercept_:.4f} {esc(terms)}</div>")
         rows = [[n, f"{c:+.4f}", f"{m:.6g}", f"{s:.6g}"]
                 for n, c, m, s in zip(names, coef, mean, sd, strict=True)]
-        self.parts.append(_table(["Feature", "Coefficient", "Training mean", "Training SD"],
+        self.parts.append(html_table(["Feature", "Coefficient", "Training mean", "Training SD"],
                                  rows))
         self.p("z(feature) = (feature − training mean) / training SD.")
 
@@ -290,7 +233,7 @@ class _Report:
         rows = [[predictor_label(n), f"{c:+.4f}", f"{np.exp(c):.4g}"]
                 for n, c in zip(m.nomogram_features_, coef, strict=True)]
         self.parts.append(f"<h3>{esc(lbl)}: logistic regression (training set)</h3>")
-        self.parts.append(_table(["Predictor", "Coefficient", "OR per unit"], rows))
+        self.parts.append(html_table(["Predictor", "Coefficient", "OR per unit"], rows))
         terms = " ".join(f"{'−' if c < 0 else '+'} {abs(c):.4f} × {predictor_label(n)}"
                          for n, c in zip(m.nomogram_features_, coef, strict=True))
         self.parts.append(f"<div class='formula'>logit(P(high grade)) = "
@@ -302,7 +245,7 @@ class _Report:
                "years, size in mm); missing clinical values take the training median.")
         rows = [[self.labels[k], f"{v:.4f}"] for k, v in m.thresholds_.items()]
         self.parts.append("<h3>Decision thresholds</h3>")
-        self.parts.append(_table(["Model", "Threshold (P ≥)"], rows))
+        self.parts.append(html_table(["Model", "Threshold (P ≥)"], rows))
         self.p("Each model's threshold maximises Youden's J (sensitivity + specificity − 1) on "
                "its own training-set predictions; the same threshold is applied to every test "
                "cohort.")
@@ -321,7 +264,7 @@ class _Report:
                              *[fmt_ci(getattr(r, k), getattr(r, f"{k}_ci_low"),
                                       getattr(r, f"{k}_ci_high"))
                                for k in ("sensitivity", "specificity", "ppv", "npv")]])
-        self.parts.append(_table(["", "Accuracy (95% CI)", "AUC (95% CI)",
+        self.parts.append(html_table(["", "Accuracy (95% CI)", "AUC (95% CI)",
                                   "Sensitivity (95% CI)", "Specificity (95% CI)",
                                   "PPV (95% CI)", "NPV (95% CI)"], rows, groups=groups))
         self.p("AUC CI: DeLong; proportions: Wilson score intervals; thresholds from the "
@@ -335,7 +278,7 @@ class _Report:
             rows = [[self.labels[a], *["-" if a == b else f"{mat.loc[a, b]:.4f}"
                                        for b in mat.columns]] for a in mat.index]
             self.parts.append(f"<h3>{esc(cohort_title(ev.role, ev.cohort))}</h3>")
-            self.parts.append(_table(["", *[self.labels[b] for b in mat.columns]], rows))
+            self.parts.append(html_table(["", *[self.labels[b] for b in mat.columns]], rows))
 
     def hosmer(self) -> None:
         """Hosmer-Lemeshow chi-square, df and p per model and cohort."""
@@ -349,7 +292,7 @@ class _Report:
                 row.append("-" if hl is None else
                            f"χ² = {hl.chi2:.2f}, df = {hl.df}, p = {hl.p:.3f}")
             rows.append(row)
-        self.parts.append(_table(["", *[cohort_title(e.role, e.cohort) for e in evs]], rows))
+        self.parts.append(html_table(["", *[cohort_title(e.role, e.cohort) for e in evs]], rows))
         self.p("Deciles of predicted risk (ResourceSelection::hoslem.test grouping); "
                "p > 0.05 means no evidence of miscalibration.")
 
@@ -357,18 +300,18 @@ class _Report:
         """ROC, calibration and decision curves (Figs 5B, 5C, 6)."""
         evs, labels = self.inp.evaluations, self.labels
         self.h2("ROC, calibration and decision curves")
-        self.parts.append(_figure(figures.roc_figure(evs, labels), "ROC curves (Fig 5B)."))
-        self.parts.append(_figure(figures.calibration_figure(evs, labels),
+        self.parts.append(figure_html(figures.roc_figure(evs, labels), "ROC curves (Fig 5B)."))
+        self.parts.append(figure_html(figures.calibration_figure(evs, labels),
                                   "Calibration curves: observed fraction of high grade vs mean "
                                   "predicted risk per decile of predicted risk (Fig 5C)."))
-        self.parts.append(_figure(figures.dca_figure(evs, labels),
+        self.parts.append(figure_html(figures.dca_figure(evs, labels),
                                   "Decision curves: net benefit of each model, treat-all and "
                                   "treat-none (Fig 6)."))
 
     def nomogram(self) -> None:
         """The nomogram figure (Fig 5A) and how its scale is built."""
         self.h2(f"The {self.labels['nomogram']} (Fig 5A)")
-        self.parts.append(_figure(draw_nomogram(self.model, self.labels["nomogram"]),
+        self.parts.append(figure_html(draw_nomogram(self.model, self.labels["nomogram"]),
                                   "Nomogram: read each predictor's points on the top scale, add "
                                   "them, and read the risk of high grade below the total."))
         self.p("Scale as R's rms draws it: the predictor with the widest range of linear-"
@@ -384,17 +327,17 @@ class _Report:
         for sec in self.inp.extra_sections:
             self.parts.append(f"<h3>{esc(sec.title)}</h3>{sec.html}")
             for fig, caption in sec.figures:
-                self.parts.append(_figure(fig, caption))
+                self.parts.append(figure_html(fig, caption))
 
     def provenance(self) -> None:
         """Input content keys, settings and library versions."""
         self.h2("Provenance")
         keys = {d.cohort: d.input_keys for d in [self.inp.train, *self.inp.tests]}
         rows = [[c, ", ".join(f"{k} {v}" for k, v in ks.items())] for c, ks in keys.items()]
-        self.parts.append(_table(["Cohort", "Input content keys"], rows, numeric_from=9))
+        self.parts.append(html_table(["Cohort", "Input content keys"], rows, numeric_from=9))
         rows = [[k, str(v)] for k, v in self.inp.settings.items()]
         rows += [[k, v] for k, v in self.inp.versions.items()]
-        self.parts.append(_table(["Setting / library", "Value"], rows, numeric_from=9))
+        self.parts.append(html_table(["Setting / library", "Value"], rows, numeric_from=9))
 
     def render(self) -> str:
         """The whole document, protocol line first."""

@@ -8,38 +8,31 @@ DuckDB, fits :class:`DTLRModel` on the training cohort only, evaluates every coh
 
 from __future__ import annotations
 
-import os
-import platform
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import duckdb
-import matplotlib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import scipy
-import sklearn
-import skops
-import statsmodels
 from rich.console import Console
 from rich.table import Table
 
-import shared
-from services.modeler.data import CohortData, load_cohort, resolve_dtl_model
-from services.modeler.evaluate import CohortEvaluation, evaluate_cohort, table3
-from services.modeler.models import SCORE_NAMES, DTLRModel
-from services.modeler.nomogram import nomogram_scale, patient_points
-from services.modeler.persist import load_model, save_model
-from services.modeler.report import ReportInputs, ReportSection, render_report
-from shared.config import Settings
-from shared.hashing import content_key
-from shared.store import Store
+from dtlr.services.modeler.data import CohortData, load_cohort, resolve_dtl_model
+from dtlr.services.modeler.evaluate import CohortEvaluation, evaluate_cohort, table3
+from dtlr.services.modeler.models import SCORE_NAMES, DTLRModel
+from dtlr.services.modeler.nomogram import nomogram_scale, patient_points
+from dtlr.services.modeler.persist import load_model, save_model
+from dtlr.services.modeler.report import ReportInputs, render_report
+from dtlr.shared.config import Settings
+from dtlr.shared.hashing import content_key
+from dtlr.shared.provenance import versions
+from dtlr.shared.report import ReportSection
+from dtlr.shared.stage import InputError
+from dtlr.shared.store import Store
 
 CODE_VERSION = "modeler-1"
 Protocol = Literal["leakage-safe", "paper"]
@@ -56,26 +49,6 @@ class RunResult:
     metrics: pd.DataFrame  # the long table written to runs/<run_id>/metrics.parquet
     model: DTLRModel
     seconds: dict[str, float]  # wall time per phase: load, fit, evaluate, save, report, total
-
-
-def versions() -> dict[str, str]:
-    """Library versions that shape the modeler's numbers (saved with the model)."""
-    return {"dtlr": shared.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
-            "scikit-learn": sklearn.__version__, "statsmodels": statsmodels.__version__,
-            "skops": skops.__version__, "duckdb": duckdb.__version__,
-            "matplotlib": matplotlib.__version__}
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic text write (temp file + rename), like the store's own writers."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortData],
@@ -101,7 +74,7 @@ def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortDa
         "run_id": run_id, "created": created, "code_version": CODE_VERSION,
         "protocol": protocol, "train": train.cohort, "tests": [t.cohort for t in tests],
         "dtl_model_id": train.dtl_model_id, "settings": settings.model_dump(mode="json"),
-        "versions": versions(),
+        "versions": versions("model"),
         "inputs": {d.cohort: d.input_keys for d in [train, *tests]},
         "models": model.model_names, "thresholds": model.thresholds_,
         "clinical_features": list(model.clinical_.named_steps["select"]
@@ -124,20 +97,22 @@ def run_modeler(
     dtl: bool = True,
     protocol: Protocol | None = None,
     extra_sections: Callable[[], Sequence[ReportSection]] = tuple,
+    on_run_id: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Fit every model on ``train``, evaluate on it and on each of ``tests``, write the report.
 
     DTL features come from ``dtl_model_id``, or from the one CNN with features in the store;
     ``dtl=False`` leaves them out. ``protocol`` (default: ``settings.cnn.protocol``) says how
-    the CNN behind the DTL features
-    was fine-tuned; it is stated on the report's first line. ``extra_sections`` builds the
-    sections appended under "Deep transfer learning" (the GPU stage's CNN metrics and
-    Grad-CAM); it is only called when a report is written. The run id defaults to a content key
-    of the inputs and settings, so an identical re-run finds its results in the store and
-    returns them without fitting or writing anything.
+    the CNN behind the DTL features was fine-tuned; it is stated on the report's first line.
+    ``extra_sections`` builds the sections appended under "Deep transfer learning" (the GPU
+    stage's CNN metrics and Grad-CAM); it is only called when a report is written.
+    ``on_run_id`` learns the run id as soon as it is known (the coordinator's status record is
+    keyed by it). The run id defaults to a content key of the inputs and settings, so an
+    identical re-run finds its results in the store and returns them without fitting or
+    writing anything.
     """
     if train in tests:
-        raise ValueError(f"cohort {train!r} is both the training and a test cohort")
+        raise InputError(f"cohort {train!r} is both the training and a test cohort")
     run_id_given = run_id
     clock = _Clock()
     store.refresh_catalog()
@@ -147,11 +122,13 @@ def run_modeler(
     if dtl_id is not None:
         for d in test_data:
             if not any(c.startswith("dtl:") for c in d.X.columns):
-                raise ValueError(f"test cohort {d.cohort!r} has no DTL features of {dtl_id!r}")
+                raise InputError(f"test cohort {d.cohort!r} has no DTL features of {dtl_id!r}")
     protocol = protocol or settings.cnn.protocol
     run_id = run_id or f"{train}-" + content_key(
         CODE_VERSION, train, tests, dtl_id, protocol, settings.model_dump(mode="json"),
         {d.cohort: d.input_keys for d in [train_data, *test_data]}, length=12)
+    if on_run_id is not None:
+        on_run_id(run_id)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     clock.lap("load")
     if run_id_given is None and _finished(store, run_id):
@@ -183,16 +160,16 @@ def run_modeler(
                       run_dir / "metrics.parquet", meta)
     store.write_table(pa.Table.from_pandas(_predictions(evaluations), preserve_index=False),
                       run_dir / "predictions.parquet", meta)
-    _write_text(run_dir / "table3.csv", t3.to_csv(index=False))
+    store.write_text(t3.to_csv(index=False), run_dir / "table3.csv")
     store.refresh_catalog()
     clock.lap("save")
     html = render_report(ReportInputs(
         run_id=run_id, created=created, protocol=protocol, model=model, train=train_data,
         tests=test_data, evaluations=evaluations, table3=t3,
         settings={"seed": settings.seed, **settings.modeler.model_dump(mode="json")},
-        versions=versions(), extra_sections=extra_sections()))
+        versions=versions("model"), extra_sections=extra_sections()))
     report_path = run_dir / "report.html"
-    _write_text(report_path, html)
+    store.write_text(html, report_path)
     clock.lap("report")
     return RunResult(run_id, report_path, model_dir, t3, metrics, model, clock.seconds())
 

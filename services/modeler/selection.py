@@ -19,8 +19,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.modeler.icc import ICCFilter
-from shared.config import ModelerSettings
+from dtlr.services.modeler.icc import ICCFilter
+from dtlr.shared.config import ModelerSettings
+from dtlr.shared.stage import InputError
 
 
 def _names_out(step: BaseEstimator, input_features: object) -> NDArray[np.object_]:
@@ -170,7 +171,7 @@ class LassoSelector(TransformerMixin, BaseEstimator):
         if not np.any(coef != 0):
             nonzero = np.flatnonzero((self.coef_path_ != 0).any(axis=0))
             if nonzero.size == 0:
-                raise ValueError("LASSO kept no feature at any lambda: the family carries no "
+                raise InputError("LASSO kept no feature at any lambda: the family carries no "
                                  "signal about the label in the training cohort")
             i = nonzero[np.argmax(self.alphas_[nonzero])]
             coef, alpha = self.coef_path_[:, i], float(self.alphas_[i])

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
-from services.modeler.stats import (
+from dtlr.shared.stats import (
     decision_curve,
     delong_test,
     hosmer_lemeshow,

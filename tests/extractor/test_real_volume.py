@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from services.extractor import features as rad
-from services.extractor.io import read_image, read_mask
-from services.extractor.maxslice import max_slice
-from services.extractor.preprocess import n4_correct, shrink_factors
-from services.extractor.stage import extract_patient
-from shared.config import PreprocessSettings, Settings
-from shared.store import Store, read_feature_files
+from dtlr.services.extractor import features as rad
+from dtlr.services.extractor.io import read_image, read_mask
+from dtlr.services.extractor.maxslice import max_slice
+from dtlr.services.extractor.preprocess import n4_correct, shrink_factors
+from dtlr.services.extractor.stage import extract_patient
+from dtlr.shared.config import PreprocessSettings, Settings
+from dtlr.shared.store import Store, read_feature_files
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.gpu_worker import run, synthetic
-from shared.config import CNNSettings, Settings
-from shared.store import Store
+from dtlr.services.gpu_worker import run
+from dtlr.shared.config import CNNSettings, Settings
+from dtlr.shared.store import Store
+from tests.synthetic import slices as synthetic
 
 SLICE = 48  # max-slice side written to the test stores
 N_TRAIN, N_TEST, N_READER2 = 24, 12, 4

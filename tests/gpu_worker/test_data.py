@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.gpu_worker.data import (
+from dtlr.services.gpu_worker.data import (
     N_AUG,
     augment,
     list_slices,
@@ -16,9 +16,9 @@ from services.gpu_worker.data import (
     normalise,
     scale_to_uint8,
 )
-from services.gpu_worker.profiles import PAPER, QUICK, resolve
-from shared.config import CNNSettings
-from shared.store import Store
+from dtlr.services.gpu_worker.profiles import PAPER, QUICK, resolve
+from dtlr.shared.config import CNNSettings
+from dtlr.shared.store import Store
 
 
 def test_scaling_windows_each_slice_to_its_percentiles() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from services.gpu_worker import embed, run, tasks
-from services.gpu_worker.data import list_slices, load_images
-from services.gpu_worker.model import load_checkpoint
-from services.gpu_worker.profiles import resolve
-from shared.config import Settings
-from shared.store import Store, read_feature_files
+from dtlr.services.gpu_worker import embed, run, tasks
+from dtlr.services.gpu_worker.data import list_slices, load_images
+from dtlr.services.gpu_worker.model import load_checkpoint
+from dtlr.services.gpu_worker.profiles import resolve
+from dtlr.shared.config import Settings
+from dtlr.shared.store import Store, read_feature_files
 
 N_TRAIN, N_TEST, N_READER2 = 24, 12, 4  # as written by conftest's make_store
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torchvision
 
-from services.gpu_worker import run
-from services.gpu_worker.data import list_slices, split_validation
-from services.gpu_worker.model import WeightsError, build_model, weights_identity
-from shared.config import Settings
-from shared.store import Store
+from dtlr.services.gpu_worker import run
+from dtlr.services.gpu_worker.data import list_slices, split_validation
+from dtlr.services.gpu_worker.model import WeightsError, build_model, weights_identity
+from dtlr.shared.config import Settings
+from dtlr.shared.store import Store
 
 
 def _state(store: Store, model_id: str) -> dict[str, torch.Tensor]:

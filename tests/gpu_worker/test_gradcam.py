@@ -9,14 +9,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from services.gpu_worker import run
-from services.gpu_worker.data import scale_to_uint8
-from services.gpu_worker.gradcam import cam_mass_inside, clearest_cases, gradcam_maps
-from services.gpu_worker.model import DTLNet, build_model
-from services.gpu_worker.profiles import resolve
-from services.gpu_worker.train import FitResult, fit
-from shared.config import CNNSettings, Settings
-from shared.store import Store
+from dtlr.services.gpu_worker import run
+from dtlr.services.gpu_worker.data import scale_to_uint8
+from dtlr.services.gpu_worker.gradcam import cam_mass_inside, clearest_cases, gradcam_maps
+from dtlr.services.gpu_worker.model import DTLNet, build_model
+from dtlr.services.gpu_worker.profiles import resolve
+from dtlr.services.gpu_worker.train import FitResult, fit
+from dtlr.shared.config import CNNSettings, Settings
+from dtlr.shared.store import Store
 
 SIZE = 128  # layer4 is 4x4 here: the coarsest grid on which a tumour can hold most of a map
 

@@ -8,7 +8,7 @@ import pytest
 import statsmodels.api as sm
 from scipy.stats import ttest_ind
 
-from services.modeler.clinical import ClinicalSelector, group_comparison, levels, logistic_fit
+from dtlr.services.modeler.clinical import ClinicalSelector, group_comparison, levels, logistic_fit
 
 # The paper's Table 1 counts (absent/level 0 : present/level 1) with its published p-values.
 PAPER_TABLE_1 = {

@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.modeler.models import DTLRModel
-from services.modeler.persist import load_model
-from services.modeler.run import RunResult, run_modeler
-from services.modeler.synthetic import SyntheticStore, build_store
-from shared.config import Settings
-from shared.manifest import register
-from shared.store import Store
+from dtlr.services.modeler.models import DTLRModel
+from dtlr.services.modeler.persist import load_model
+from dtlr.services.modeler.run import RunResult, run_modeler
+from dtlr.shared.config import Settings
+from dtlr.shared.manifest import register
+from dtlr.shared.store import Store
+from tests.synthetic.cohorts import SyntheticStore, build_store
 
 
 def fitted_parameters(obj: Any, path: str = "model") -> dict[str, Any]:

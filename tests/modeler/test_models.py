@@ -14,13 +14,13 @@ import statsmodels.api as sm
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from services.modeler.data import CohortData, load_cohort
-from services.modeler.models import DTLRModel, family_columns
-from services.modeler.persist import MODEL_FILE, ModelFileError, load_model, save_model
-from services.modeler.stats import youden_threshold
-from services.modeler.synthetic import build_store
-from shared.config import Settings
-from shared.store import Store
+from dtlr.services.modeler.data import CohortData, load_cohort
+from dtlr.services.modeler.models import DTLRModel, family_columns
+from dtlr.services.modeler.persist import MODEL_FILE, ModelFileError, load_model, save_model
+from dtlr.shared.config import Settings
+from dtlr.shared.stats import youden_threshold
+from dtlr.shared.store import Store
+from tests.synthetic.cohorts import build_store
 
 
 @dataclass
@@ -155,7 +155,8 @@ def test_saved_model_loads_without_pickle_and_predicts_identically(fitted: Fitte
     assert "schema.json" in names
     assert not any(n.endswith((".pkl", ".pickle")) for n in names)
     loaded, meta = load_model(fitted.store, "unit-run")
-    assert meta["note"] == "test" and "services.modeler.models.DTLRModel" in meta["trusted_types"]
+    assert meta["note"] == "test"
+    assert "dtlr.services.modeler.models.DTLRModel" in meta["trusted_types"]
     pd.testing.assert_frame_equal(loaded.predict_proba_models(fitted.test.X),
                                   fitted.model.predict_proba_models(fitted.test.X))
     assert loaded.thresholds_ == fitted.model.thresholds_

@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.modeler.data import CohortData, load_cohort
-from services.modeler.models import DTLRModel
-from services.modeler.nomogram import (
+from dtlr.services.modeler.data import CohortData, load_cohort
+from dtlr.services.modeler.models import DTLRModel
+from dtlr.services.modeler.nomogram import (
     draw_nomogram,
     nomogram_scale,
     patient_points,
     predictor_label,
 )
-from services.modeler.synthetic import build_store
-from shared.config import Settings
+from dtlr.shared.config import Settings
+from tests.synthetic.cohorts import build_store
 
 
 @dataclass

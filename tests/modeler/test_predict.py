@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from services.modeler.cli import model, predict
-from services.modeler.data import load_cohort
-from services.modeler.persist import load_model
-from services.modeler.synthetic import SyntheticStore, build_store
-from shared.manifest import register
+from dtlr.services.modeler.cli import model, predict
+from dtlr.services.modeler.data import load_cohort
+from dtlr.services.modeler.persist import load_model
+from dtlr.shared.manifest import register
+from tests.synthetic.cohorts import SyntheticStore, build_store
 
 
 @dataclass

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from services.modeler.report import ReportSection, fmt_ci
-from services.modeler.run import RunResult, render_table3, run_modeler
-from services.modeler.synthetic import SyntheticStore, build_store
-from shared.config import Settings
+from dtlr.services.modeler.run import RunResult, render_table3, run_modeler
+from dtlr.shared.config import Settings
+from dtlr.shared.report import ReportSection, fmt_ci
+from tests.synthetic.cohorts import SyntheticStore, build_store
 
 METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
 LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",

@@ -10,14 +10,14 @@ from sklearn.linear_model import Lasso, LassoLarsCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from services.modeler.selection import (
+from dtlr.services.modeler.selection import (
     FiniteColumns,
     LassoSelector,
     SpearmanFilter,
     selection_pipeline,
     univariable_auc,
 )
-from shared.config import ModelerSettings
+from dtlr.shared.config import ModelerSettings
 
 
 def _data(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from services.modeler.stats_cli import stats
+from dtlr.services.modeler.stats_cli import stats
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ASAH = DATA / "pROC" / "aSAH.csv"

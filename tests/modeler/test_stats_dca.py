@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.modeler.stats import decision_curve, risk_from_score
+from dtlr.shared.stats import decision_curve, risk_from_score
 
 DCURVES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dcurves"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.modeler.stats import delong_placements, delong_test, roc_auc_delong
+from dtlr.shared.stats import delong_placements, delong_test, roc_auc_delong
 
 PROC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pROC"
 EXPECTED = json.loads((PROC / "expected_values.json").read_text())

@@ -18,8 +18,8 @@ import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
 
-from services.modeler.stats import hosmer_lemeshow
-from services.modeler.stats.hosmer_lemeshow import r_quantile_type7
+from dtlr.shared.stats import hosmer_lemeshow
+from dtlr.shared.stats.hosmer_lemeshow import r_quantile_type7
 
 HL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hosmer_lemeshow"
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
-from services.modeler.stats import binary_metrics, youden_threshold
+from dtlr.shared.stats import binary_metrics, youden_threshold
 
 # prob >= 0.5 calls: cases 0.9, 0.8, 0.7 (TP = 3), 0.3 (FN = 1);
 # controls 0.6 (FP = 1), 0.2, 0.1, 0.1, 0.05, 0.4 (TN = 5).

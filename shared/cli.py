@@ -9,10 +9,18 @@ from typing import Any
 import click
 from rich.console import Console
 
-from shared.config import Settings, SettingsError, load_settings
-from shared.store import Store
+from dtlr.shared.config import Settings, SettingsError, load_settings
+from dtlr.shared.store import Store
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Exit codes of every command (README, "Exit codes").
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran; some patients (or a stage) failed, each with its reason
+EXIT_REFUSED = 2  # nothing ran: bad arguments, settings, manifest or store (the message says)
+EXIT_BROKER = 3  # the broker or its workers went away; finished work is kept
+EXIT_STORE = 4  # the store could not be written (full disk, permissions)
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.hashing import content_key
-from shared.manifest import register
-from shared.store import Store, feature_table
+from dtlr.shared.hashing import content_key
+from dtlr.shared.manifest import register
+from dtlr.shared.store import Store, feature_table
 
 # Any readable image/mask pair satisfies the manifest's file checks; features are synthetic.
 REFERENCE_IMAGE = Path("/work/shared/data/pyradiomics/brain1_image.nrrd")

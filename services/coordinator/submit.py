@@ -11,12 +11,22 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared import pipeline
-from shared.celery_app import broker_url, make_app
-from shared.cli.common import console, settings_option, store_option
-from shared.config import Settings
-from shared.distributed import BrokerLostError
-from shared.store import StatusRecord, Store
+from dtlr.services.coordinator import pipeline
+from dtlr.services.coordinator.dispatch import Dispatch, coordinator_app
+from dtlr.services.coordinator.follow import BrokerLostError, NoWorkerError
+from dtlr.services.coordinator.preflight import PreflightError, preflight
+from dtlr.shared.celery_app import broker_url
+from dtlr.shared.cli import (
+    EXIT_BROKER,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    console,
+    settings_option,
+    store_option,
+)
+from dtlr.shared.config import Settings
+from dtlr.shared.store import StatusRecord, Store
 
 
 @contextmanager
@@ -51,10 +61,9 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
 
 
 def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
-               settings: Settings, dispatch: pipeline.Dispatch,
+               settings: Settings, dispatch: Dispatch, submission: str,
                summaries: list[pipeline.StageSummary]) -> str | None:
     """Extraction, then (with a training cohort) fine-tuning and embedding; the CNN's id."""
-    submission = pipeline.new_submission()
     with progress_bar("extract") as (on_plan, on_record):
         summaries.append(pipeline.run_extraction(store, names, settings, submission, dispatch,
                                                  on_record, on_plan))
@@ -62,7 +71,8 @@ def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
         return None
     with progress_bar("fine-tune CNN") as (on_plan, on_record):
         on_plan(1, 0)
-        model_id, tuned = pipeline.run_finetune(store, train, names, settings, dispatch)
+        model_id, tuned = pipeline.run_finetune(store, train, names, settings, submission,
+                                                dispatch)
         on_record(tuned.ran[0] if tuned.ran else tuned.skipped[0])
     summaries.append(tuned)
     if model_id is None:
@@ -99,8 +109,9 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
            settings: Settings) -> None:
     """Run cohorts through the pipeline: extraction, CNN, models and report.
 
-    Work already in the store is skipped, so re-running resumes. Exits non-zero when any
-    patient failed; the other patients complete.
+    Work already in the store is skipped, so re-running resumes. Exits 1 when any patient
+    failed (the other patients complete), 2 when the run cannot start, 3 when the broker or
+    its workers went away, 130 when interrupted.
     """
     try:
         names = pipeline.expand_cohorts(store, cohorts)
@@ -117,30 +128,42 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
     if overrides:
         settings = settings.model_copy(update={"cnn": settings.cnn.model_copy(update=overrides)})
     url = broker_url(broker)
-    dispatch = pipeline.Dispatch(None if url is None else make_app(url), url, jobs)
+    app = None if url is None else coordinator_app(url)
+    try:
+        preflight(store, settings, cnn=train is not None and cnn, app=app, broker=url)
+    except PreflightError as exc:
+        console.print(f"[red]refused[/red]: {exc}")
+        sys.exit(EXIT_REFUSED)
+    dispatch = Dispatch(app, url, jobs)
+    submission = pipeline.new_submission()
     summaries: list[pipeline.StageSummary] = []
     try:
-        model_id = run_stages(store, names, train, cnn, settings, dispatch, summaries)
-    except BrokerLostError as exc:
+        model_id = run_stages(store, names, train, cnn, settings, dispatch, submission,
+                              summaries)
+    except (BrokerLostError, NoWorkerError) as exc:
         print_summary(summaries)
         console.print(f"[red]stopped[/red]: {exc}")
-        sys.exit(3)
+        sys.exit(EXIT_BROKER)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished work is in the store and "
                       "nothing half-written is left; run the same command again to resume"
                       + ("" if url is None else " (tasks already queued still run on the "
                          "workers)"))
-        sys.exit(130)
-    print_summary(summaries)
+        sys.exit(EXIT_INTERRUPTED)
     if train is not None:
-        from services.modeler.run import render_table3
+        from dtlr.services.modeler.run import render_table3
 
         if model_id is None:
             console.print("[yellow]the models run without DTL features[/yellow] (no CNN"
-                          + (": see the fine-tuning failure above)" if cnn else ", --no-cnn)"))
-        result = pipeline.run_model(store, train, [n for n in names if n != train], settings,
-                                    model_id)
-        render_table3(result.table3, console)
-        console.print(f"report: {result.report_path}")
+                          + (": see the fine-tuning failure below)" if cnn else ", --no-cnn)"))
+        result, modelled = pipeline.run_model(store, train, [n for n in names if n != train],
+                                              settings, model_id, submission)
+        summaries.append(modelled)
+        print_summary(summaries)
+        if result is not None:
+            render_table3(result.table3, console)
+            console.print(f"report: {result.report_path}")
+    else:
+        print_summary(summaries)
     if any(s.failed for s in summaries):
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm, rankdata
 
-from services.modeler.stats.metrics import binary_inputs
+from dtlr.shared.stats.metrics import binary_inputs
 
 
 @dataclass(frozen=True)

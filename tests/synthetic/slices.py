@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 from scipy import ndimage
 
-from shared.hashing import content_key
-from shared.store import Store
+from dtlr.shared.hashing import content_key
+from dtlr.shared.store import Store
 
 
 def _smooth_field(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:

@@ -7,7 +7,7 @@ import pandas as pd
 import statsmodels.api as sm
 from numpy.typing import ArrayLike, NDArray
 
-from services.modeler.stats.metrics import binary_inputs
+from dtlr.shared.stats.metrics import binary_inputs
 
 _EPS = np.finfo(np.float64).eps
 

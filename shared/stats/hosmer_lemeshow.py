@@ -24,7 +24,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import chi2 as chi2_dist
 
-from services.modeler.stats.metrics import binary_inputs
+from dtlr.shared.stats.metrics import binary_inputs
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Statistics for the modeler: DeLong ROC, decision curves, Hosmer-Lemeshow, threshold metrics."""
 
-from services.modeler.stats.dca import decision_curve, risk_from_score
-from services.modeler.stats.delong import (
+from dtlr.shared.stats.dca import decision_curve, risk_from_score
+from dtlr.shared.stats.delong import (
     DelongPlacements,
     DelongTest,
     RocAuc,
@@ -9,8 +9,8 @@ from services.modeler.stats.delong import (
     delong_test,
     roc_auc_delong,
 )
-from services.modeler.stats.hosmer_lemeshow import HosmerLemeshow, hosmer_lemeshow
-from services.modeler.stats.metrics import Estimate, binary_metrics, youden_threshold
+from dtlr.shared.stats.hosmer_lemeshow import HosmerLemeshow, hosmer_lemeshow
+from dtlr.shared.stats.metrics import Estimate, binary_metrics, youden_threshold
 
 __all__ = [
     "DelongPlacements",

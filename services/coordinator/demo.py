@@ -28,7 +28,8 @@ What is synthetic and how it follows the paper (Li et al., Sci Rep 2025, Materia
   hypercube), so even a 40-patient cohort has Table 1's proportions, not a chance version.
 * Images: the two hospitals differ as two scanners would (in-plane 0.90 vs 0.95 mm, intensity
   scale 0.7 vs 0.8, noise, and hospital B stores its axes right/anterior-first). Each finding
-  changes the rendered tumour (see :mod:`shared.phantom`), and a latent "aggressiveness", higher
+  changes the rendered tumour (see :mod:`dtlr.services.coordinator.phantom`), and a latent
+  "aggressiveness", higher
   in high grade but independent of the findings given the grade, changes enhancement texture,
   lobulation, margin and oedema, so the images carry information beyond the clinical table.
 * Masks: reader 1 is the tumour as drawn (enhancing tumour with any necrotic core, without
@@ -45,7 +46,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy.special import ndtri
 
-from shared.phantom import Phantom, Scanner, TumourSpec, render
+from dtlr.services.coordinator.phantom import Phantom, Scanner, TumourSpec, render
 
 DEMO_COHORTS = ("demo-hospitalA", "demo-hospitalB")
 DEMO_SCALE = 0.4  # image tumour diameter = size_mm * DEMO_SCALE (see the module docstring)

@@ -10,8 +10,8 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from shared.cli.common import console, store_option
-from shared.store import Store, StoreError
+from dtlr.shared.cli import console, store_option
+from dtlr.shared.store import Store, StoreError
 
 MAX_SHOWN_COLUMNS = 12
 

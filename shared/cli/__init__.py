@@ -1,1 +1,0 @@
-"""Command-line entry points; each command only adapts the plain functions it calls."""

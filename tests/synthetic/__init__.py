@@ -1,0 +1,1 @@
+"""Test-only generators of synthetic stores (not part of the installed package)."""
