@@ -72,7 +72,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.synchronize()
     out["device_init_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model_id = run.finetune(store, COHORT, settings)
+    record = run.finetune(store, COHORT, settings)
+    if record.state != "done":
+        raise SystemExit(f"fine-tuning failed: {record.message}")
+    model_id = record.key
     out["finetune_s"] = time.perf_counter() - t
     info = json.loads((store.model_dir(model_id) / "model.json").read_text())
     log = json.loads((store.model_dir(model_id) / "train_log.json").read_text())

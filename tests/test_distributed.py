@@ -7,12 +7,7 @@ disturbs nothing else, and `dtlr-worker` processes exactly as a cluster would ru
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,99 +17,13 @@ import pandas as pd
 import pytest
 
 from dtlr.services.coordinator.demo import make_demo
-from dtlr.shared import manifest
 from dtlr.shared.store import Store, read_feature_files
+from tests.cluster import BIN, Redis, Worker, new_store
 
 pytestmark = pytest.mark.redis
 
-BIN = Path(sys.executable).parent  # the console scripts installed beside this interpreter
 N_TRAIN, N_TEST = 8, 4
 COHORTS = ("demo-hospitalA", "demo-hospitalB")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """A private redis-server that a test may stop and start again on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed (the test suite needs it)")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-class Worker:
-    """A `dtlr-worker --queue cpu` process (its own process group, so it can be killed whole)."""
-
-    def __init__(self, broker: str, store: Path, name: str, env: dict[str, str]) -> None:
-        self.log: list[str] = []
-        self.proc = subprocess.Popen(
-            [str(BIN / "dtlr-worker"), "--queue", "cpu", "--concurrency", "1",
-             "--broker", broker, "--loglevel", "info"],
-            env={**os.environ, "DTLR_HOME": str(store), **env}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        self.name = name
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(" ready." in line for line in self.log):
-                return
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker {self.name} exited:\n{''.join(self.log)}")
-            time.sleep(0.2)
-        pytest.fail(f"worker {self.name} not ready:\n{''.join(self.log)}")
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes, as a node failure would."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +31,6 @@ def demo_manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A small demo (8 + 4 patients, 2 second-reader masks), generated once."""
     return make_demo(tmp_path_factory.mktemp("demo"), n_train=N_TRAIN, n_test=N_TEST,
                      n_reader2=2)
-
-
-def new_store(root: Path, manifests: dict[str, Path]) -> Store:
-    store = Store(root)
-    for cohort, path in manifests.items():
-        manifest.register(store, cohort, path)
-    store.refresh_catalog()
-    return store
 
 
 def submit(store: Store, broker: str | None, *extra: str,
@@ -186,9 +87,9 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
 
 @pytest.fixture
 def workers(redis_server: Redis, tmp_path: Path) -> Iterator[list[Worker]]:
-    """Two single-process CPU workers on the test's broker."""
-    started = [Worker(redis_server.url, tmp_path / "store", f"w{i}",
-                      {"DTLR_VISIBILITY_TIMEOUT": "8"}) for i in range(2)]
+    """Two single-process CPU workers on the test's broker, with the default settings."""
+    started = [Worker(redis_server.url, tmp_path / "store", "cpu", "--concurrency", "1")
+               for _ in range(2)]
     for w in started:
         w.wait_ready()
     yield started
@@ -221,8 +122,12 @@ def test_two_cpu_workers_give_the_embedded_features(
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     # Both workers took part: the work really went through the queue.
-    assert all(any("dtlr.extract" in line and "succeeded" in line for line in w.log)
-               for w in workers)
+    records = [r for c in COHORTS for r in store.statuses(c)]
+    assert {r.worker for r in records} == {w.node for w in workers}
+    # One log line per task (no pyradiomics or Celery per-task lines).
+    lines = [line for w in workers for line in w.log if "dtlr.extract" in line]
+    assert len(lines) == N_TRAIN + N_TEST
+    assert not any("radiomics" in line and "INFO" in line for w in workers for line in w.log)
 
 
 def test_worker_killed_mid_task_loses_nothing(
@@ -232,17 +137,22 @@ def test_worker_killed_mid_task_loses_nothing(
     proc = submit(store, redis_server.url)
     victim = workers[0]
     deadline = time.monotonic() + 120
-    # Kill the worker while it runs a task: after it has received one, before all are done.
+    # Kill the worker while it runs a task (its "running" record is in the store), after it
+    # finished one.
     while time.monotonic() < deadline:
-        received = sum("Task dtlr.extract" in line and "received" in line for line in victim.log)
-        succeeded = sum("dtlr.extract" in line and "succeeded" in line for line in victim.log)
-        if received > succeeded and received >= 2:
+        records = [r for c in COHORTS for r in store.statuses(c) if r.worker == victim.node]
+        if any(r.state == "running" for r in records) and any(r.state == "done"
+                                                             for r in records):
             break
         time.sleep(0.05)
     else:
         pytest.fail("the worker never had a task in progress")
     victim.kill()
+    killed = time.monotonic()
     code, output = finish(proc)
+    # With the default visibility timeout (an hour) the coordinator noticed the lost worker
+    # and sent its task again: the run ended about as fast as the survivor could work.
+    assert time.monotonic() - killed < 90, output
     assert code == 0, output
     assert len(done_patients(store)) == N_TRAIN + N_TEST
     counts = files_per_patient(store)
@@ -317,5 +227,5 @@ def test_coordinator_killed_then_resubmit_does_only_missing_work(
                             capture_output=True, text=True, check=True)
     rows = [[cell.strip() for cell in line.split("│")[1:-1]]
             for line in status.stdout.splitlines() if "│ extract" in line]
-    assert rows == [[COHORTS[0], str(N_TRAIN), "extract", str(N_TRAIN), "0", "0"],
-                    [COHORTS[1], str(N_TEST), "extract", str(N_TEST), "0", "0"]]
+    assert rows == [[COHORTS[0], str(N_TRAIN), "extract", str(N_TRAIN), "0", "0", "0"],
+                    [COHORTS[1], str(N_TEST), "extract", str(N_TEST), "0", "0", "0"]]

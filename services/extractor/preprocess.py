@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -20,12 +23,35 @@ def head_mask(image: sitk.Image) -> sitk.Image:
     return sitk.OtsuThreshold(image, 0, 1, 200)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """SimpleITK filters created inside run on one thread.
+
+    N4's B-spline fit and the evaluation of its field on the full grid split their sums by
+    thread, so their result depends on the thread count (corrected intensities differed by
+    up to 5e-4 between 1 and 2 threads on the demo, enough to move percentile features): on
+    one thread, features do not depend on how many cores, workers or --jobs a run has.
+    """
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
 def n4_correct(image: sitk.Image, settings: PreprocessSettings) -> tuple[sitk.Image, sitk.Image]:
     """Return (corrected image, log bias field) from N4ITK fitted on a shrunken copy.
 
     Fitting on a shrunken image is what makes N4 affordable (full resolution takes minutes);
-    the smooth field is then evaluated on the full-resolution grid and divided out.
+    the smooth field is then evaluated on the full-resolution grid and divided out, on one
+    thread (:func:`one_thread`) so the result is the same on every machine.
     """
+    with one_thread():
+        return _n4(image, settings)
+
+
+def _n4(image: sitk.Image, settings: PreprocessSettings) -> tuple[sitk.Image, sitk.Image]:
     img = sitk.Cast(image, sitk.sitkFloat32)
     mask = head_mask(img)
     values = sitk.GetArrayViewFromImage(img)[sitk.GetArrayViewFromImage(mask) > 0]

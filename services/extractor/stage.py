@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from dtlr.services.extractor import features as rad
 from dtlr.services.extractor.io import read_image, read_mask
 from dtlr.services.extractor.maxslice import max_slice
-from dtlr.services.extractor.preprocess import n4_correct
+from dtlr.services.extractor.preprocess import n4_correct, one_thread
 from dtlr.shared.config import Settings
 from dtlr.shared.hashing import content_key, file_digest
 from dtlr.shared.provenance import code_versions, versions
@@ -90,6 +92,9 @@ def extract_patient(store: Store, row: dict[str, Any], settings: Settings,
                     submission: str = "") -> StatusRecord:
     """Run (or skip) one patient's extraction; its status record says what happened.
 
+    The work runs on one thread (SimpleITK, BLAS): N4 and a few reductions depend on the thread
+    count in their last digits, and one thread gives the same features on every deployment;
+    parallelism comes from patients side by side (``--jobs``, worker ``--concurrency``).
     Bad input and unexpected errors become a failed record (the stage protocol,
     :class:`~dtlr.shared.stage.StageRun`); only a failure to write into the store propagates
     (StoreWriteError), so a queue can retry.
@@ -101,7 +106,8 @@ def extract_patient(store: Store, row: dict[str, Any], settings: Settings,
             run.skip()
         else:
             run.start()
-            _run(store, plan, settings)
+            with one_thread(), threadpool_limits(limits=1):
+                _run(store, plan, settings)
     assert run.record is not None
     return run.record
 

@@ -53,4 +53,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, str, Setti
     it, apart from embeddings and reports)."""
     store = _make_store(tmp_path_factory.mktemp("store"))
     settings = _tiny_settings()
-    return store, run.finetune(store, "train", settings, ["test"]), settings
+    record = run.finetune(store, "train", settings, ["test"])
+    assert record.state == "done", record.message
+    return store, record.key, settings

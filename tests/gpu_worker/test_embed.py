@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from pydantic import ValidationError
 
 from dtlr.services.gpu_worker import embed, run, tasks
 from dtlr.services.gpu_worker.data import list_slices, load_images
 from dtlr.services.gpu_worker.model import load_checkpoint
 from dtlr.services.gpu_worker.profiles import resolve
+from dtlr.shared import manifest
 from dtlr.shared.config import Settings
+from dtlr.shared.messages import EmbedMessage, FinetuneMessage
 from dtlr.shared.store import Store, read_feature_files
 
 N_TRAIN, N_TEST, N_READER2 = 24, 12, 4  # as written by conftest's make_store
@@ -87,10 +91,21 @@ def test_embed_a_batch_of_patients_and_report_missing_ones(
         victim.path.write_bytes(content)
 
 
-def test_celery_tasks_wrap_the_entry_points(trained: tuple[Store, str, Settings]) -> None:
+def test_task_functions_take_validated_messages(trained: tuple[Store, str, Settings]) -> None:
     store, model_id, settings = trained
-    as_json = settings.model_dump(mode="json")
-    assert tasks.finetune.run(str(store.root), "train", as_json, ["test"]) == model_id
-    records = tasks.embed.run(str(store.root), "test", model_id, as_json, None, "sub")
-    assert len(records) == N_TEST
-    assert {r["stage"] for r in records} == {"embed"}
+    [record] = tasks.finetune(FinetuneMessage(store_root=str(store.root), settings=settings,
+                                              cohort="train", extra_cohorts=["test"]))
+    assert record.state == "done" and record.key == model_id  # reused, not retrained
+    ids = sorted(manifest.load(store, "test")["patient_id"])
+    records = tasks.embed(EmbedMessage(store_root=str(store.root), settings=settings,
+                                       cohort="test", model_id=model_id, patient_ids=ids,
+                                       submission="sub"))
+    assert sorted(r.patient_id for r in records) == ids
+    assert {(r.stage, r.state) for r in records} == {("embed", "done")}
+    for bad in (["../../etc"], ["P/1"], []):
+        with pytest.raises(ValidationError):
+            EmbedMessage(store_root=str(store.root), cohort="test", model_id=model_id,
+                         patient_ids=bad)
+    with pytest.raises(ValidationError):
+        EmbedMessage(store_root=str(store.root), cohort="test", model_id="../x",
+                     patient_ids=ids)

@@ -46,7 +46,7 @@ def test_rerun_with_same_inputs_skips_training(trained: tuple[Store, str, Settin
     store, model_id, settings = trained
     checkpoint = store.model_dir(model_id) / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    assert run.finetune(store, "train", settings, ["test"]) == model_id
+    assert run.finetune(store, "train", settings, ["test"]).key == model_id
     assert checkpoint.stat().st_mtime_ns == before
     # A change that matters for the weights gives another model id.
     assert run.plan_finetune(store, "train", tiny_settings(epochs=3)).model_id != model_id
@@ -75,14 +75,14 @@ def test_test_slices_reach_training_only_with_protocol_paper(
     a, b = (list_slices(s, "test") for s in stores)
     assert [r.key for r in a] != [r.key for r in b]
     safe = tiny_settings(epochs=1)
-    ids = [run.finetune(s, "train", safe, ["test"]) for s in stores]
+    ids = [run.finetune(s, "train", safe, ["test"]).key for s in stores]
     assert ids[0] == ids[1]
     first, second = _state(stores[0], ids[0]), _state(stores[1], ids[1])
     assert first.keys() == second.keys()
     for key, tensor in first.items():
         assert torch.equal(tensor, second[key]), key
     paper = tiny_settings(epochs=1, protocol="paper")
-    pids = [run.finetune(s, "train", paper, ["test"]) for s in stores]
+    pids = [run.finetune(s, "train", paper, ["test"]).key for s in stores]
     assert pids[0] != pids[1] and ids[0] not in pids
     weights = [_state(s, m)["backbone.conv1.weight"] for s, m in zip(stores, pids, strict=True)]
     assert not torch.equal(*weights)
@@ -103,11 +103,13 @@ def test_unusable_inputs_fail_with_a_message(tmp_path: Path, make_store: Callabl
     refs = list_slices(store, "train")
     refs[0].path.write_bytes(b"not a numpy file")
     settings = tiny_settings()
-    with pytest.raises(run.TrainingDataError, match="cannot read"):
-        run.finetune(store, "train", settings)
-    failure = run.failure_path(store, run.plan_finetune(store, "train", settings).model_id)
-    assert "cannot read" in json.loads(failure.read_text())["message"]
-    assert not run.is_trained(store, run.plan_finetune(store, "train", settings).model_id)
+    record = run.finetune(store, "train", settings)
+    model_id = run.plan_finetune(store, "train", settings).model_id
+    assert record.state == "failed" and record.failure == "input" and record.key == model_id
+    assert record.message.startswith("cohort train: cannot fine-tune") and "cannot read" in \
+        record.message
+    assert store.read_status("train", "*", "finetune", model_id) == record
+    assert not run.is_trained(store, model_id)
 
 
 def test_initial_weights_from_a_state_dict_file(tmp_path: Path) -> None:
