@@ -59,6 +59,10 @@ class InputError(ValueError):
 class WorkerLostError(RuntimeError):
     """A unit was started :data:`MAX_ATTEMPTS` times and its worker died every time."""
 
+    def __init__(self, message: str, attempt: int) -> None:
+        super().__init__(message)
+        self.attempt = attempt
+
 
 def now() -> str:
     """UTC time stamp of records."""
@@ -103,6 +107,7 @@ def failure_record(unit: Unit, exc: BaseException, submission: str = "", *, key:
         failure, message, error_type, at = "input", f"{unit.subject}: {exc}", "", ""
     elif isinstance(exc, WorkerLostError):
         failure, message, error_type, at = "worker-lost", f"{unit.subject}: {exc}", "", ""
+        attempt = exc.attempt
     else:
         error_type, at = type(exc).__name__, where(exc)
         failure = "unexpected"
@@ -143,7 +148,7 @@ def start_unit(store: Store, unit: Unit, submission: str, key: str = "",
             f"started {MAX_ATTEMPTS} times and its worker process died each time (killed, or "
             "out of memory: see `dmesg` on the worker's machine); the rest of the cohort is "
             "unaffected. Check the input's size, or give the worker more memory, then "
-            "re-submit")
+            "re-submit", attempt)
     store.write_status(StatusRecord(
         cohort=unit.cohort, patient_id=unit.patient_id, stage=unit.stage, state="running",
         key=key or unit.key, versions=versions(unit.stage), inputs=inputs or {},
