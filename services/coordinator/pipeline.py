@@ -28,6 +28,7 @@ from dtlr.shared.stage import COHORT, InputError, StageRun, Unit, failure_record
 from dtlr.shared.store import StatusRecord, Store
 
 DEMO = "demo"
+DEMO_TRAIN = "demo-hospitalA"  # `--cohort demo` trains on hospital A, tests on hospital B
 EMBED_BATCH = 64  # patients per embedding task
 
 

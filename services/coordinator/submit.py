@@ -113,27 +113,29 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
     failed (the other patients complete), 2 when the run cannot start, 3 when the broker or
     its workers went away, 130 when interrupted.
     """
-    try:
-        names = pipeline.expand_cohorts(store, cohorts)
-        for name in names:
-            pipeline.manifest.load(store, name)
-    except KeyError as exc:
-        raise click.ClickException(exc.args[0]) from exc
     if train is None and pipeline.DEMO in cohorts:
-        train = names[0]
-    if train is not None and train not in names:
-        raise click.BadParameter(f"{train!r} is not among the submitted cohorts "
-                                 f"({', '.join(names)})", param_hint="--train")
+        train = pipeline.DEMO_TRAIN
     overrides = {k: v for k, v in (("weights", weights), ("protocol", protocol)) if v}
     if overrides:
         settings = settings.model_copy(update={"cnn": settings.cnn.model_copy(update=overrides)})
     url = broker_url(broker)
     app = None if url is None else coordinator_app(url)
     try:
+        # Before the first patient (and before the demo's data are generated): a run that
+        # cannot finish stops now, in seconds, with every reason and its fix.
         preflight(store, settings, cnn=train is not None and cnn, app=app, broker=url)
     except PreflightError as exc:
         console.print(f"[red]refused[/red]: {exc}")
         sys.exit(EXIT_REFUSED)
+    try:
+        names = pipeline.expand_cohorts(store, cohorts)
+        for name in names:
+            pipeline.manifest.load(store, name)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+    if train is not None and train not in names:
+        raise click.BadParameter(f"{train!r} is not among the submitted cohorts "
+                                 f"({', '.join(names)})", param_hint="--train")
     dispatch = Dispatch(app, url, jobs)
     submission = pipeline.new_submission()
     summaries: list[pipeline.StageSummary] = []

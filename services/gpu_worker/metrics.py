@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from dtlr.shared.stats import binary_metrics, roc_auc_delong
+from dtlr.shared.stats.delong import roc_auc_delong
+from dtlr.shared.stats.metrics import binary_metrics
 
 THRESHOLD = 0.5
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
+from statsmodels.genmod.families import Binomial
+from statsmodels.genmod.generalized_linear_model import GLM
+from statsmodels.tools.tools import add_constant
 from numpy.typing import ArrayLike, NDArray
 
 from dtlr.shared.stats.metrics import binary_inputs
@@ -21,8 +23,8 @@ def _share_at_or_above(values: NDArray[np.float64], pt: NDArray[np.float64]) -> 
 def risk_from_score(y: ArrayLike, score: ArrayLike) -> NDArray[np.float64]:
     """Fitted P(y = 1) from a logistic regression of y on the score (dcurves as_probability)."""
     y_arr, s_arr = binary_inputs(y, score)
-    design = sm.add_constant(s_arr, has_constant="add")
-    fit = sm.GLM(y_arr.astype(np.float64), design, family=sm.families.Binomial()).fit(tol=1e-12)
+    design = add_constant(s_arr, has_constant="add")
+    fit = GLM(y_arr.astype(np.float64), design, family=Binomial()).fit(tol=1e-12)
     return np.asarray(fit.predict(design), dtype=np.float64)
 
 
