@@ -43,8 +43,11 @@ def module_versions(modules: tuple[str, ...]) -> dict[str, str]:
 
 
 def versions(stage: str) -> dict[str, str]:
-    """The versions recorded with every result of ``stage`` (a copy the caller may change)."""
-    return dict(module_versions(STAGE_MODULES[stage]))
+    """The versions recorded with every result of ``stage`` (a copy the caller may change).
+
+    A stage not in :data:`STAGE_MODULES` (a plugin's) records dtlr's and Python's.
+    """
+    return dict(module_versions(STAGE_MODULES.get(stage, ())))
 
 
 def code_versions(stage: str) -> dict[str, str]:

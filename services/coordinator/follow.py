@@ -65,6 +65,13 @@ def broker_identity(url: str) -> str | None:
         return None
 
 
+def _describe(job: Job) -> str:
+    """What a task is about, for worker logs and monitoring (Flower)."""
+    units = job.units
+    head = f"{units[0].cohort}/{units[0].patient_id}" if units else "-"
+    return f"{{job: {job.id}, {head}{f' +{len(units) - 1}' if len(units) > 1 else ''}}}"
+
+
 @dataclass
 class _InFlight:
     node: str
@@ -89,7 +96,10 @@ class Follower:
         try:
             with self.app.producer_or_acquire() as producer:
                 for job in jobs:
+                    # A short kwargsrepr: Celery would otherwise format the whole message
+                    # (settings included) for its logs, most of the coordinator's CPU per task.
                     self.app.send_task(job.spec.name, kwargs=job.message.model_dump(mode="json"),
+                                       kwargsrepr=_describe(job), argsrepr="()",
                                        queue=job.spec.queue, producer=producer, retry=True,
                                        retry_policy={"max_retries": 2, "interval_start": 0.5,
                                                      "interval_step": 0.5})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 from statsmodels.genmod.families import Binomial
 from statsmodels.genmod.generalized_linear_model import GLM
 from statsmodels.tools.tools import add_constant
-from numpy.typing import ArrayLike, NDArray
 
 from dtlr.shared.stats.metrics import binary_inputs
 
