@@ -18,7 +18,7 @@ install: $(BIN)/.installed
 
 # Offline (no ImageNet download possible): make demo WEIGHTS=random, or WEIGHTS=/path/weights.pth
 demo: install
-	$(BIN)/dtlr-submit --cohort demo $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(BIN)/dtlr submit --cohort demo $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: install
 	@$(BIN)/python -c 'import redis; redis.Redis(socket_connect_timeout=1).ping()' 2>/dev/null \
