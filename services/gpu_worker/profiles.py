@@ -14,7 +14,7 @@ the descheduled thread (measured on the 2-core development machine under load: a
 machine's core count.
 
 Measured on the 2-core development machine (AMD EPYC, other jobs running), random initial
-weights (no ImageNet download there): synthetic slices (services/gpu_worker/synthetic.py),
+weights (no ImageNet download there): synthetic slices (tests/synthetic/slices.py),
 120-patient training cohort (96 trained, 24 validation): fine-tuning 30 s, validation AUC
 0.74 -> 0.84 over the 6 epochs; embedding 180 patients (200 slices) 3.8 s. In
 ``dtlr-submit --cohort demo`` (120 + 40 patients, 20 second readers): fine-tuning 30 s,
