@@ -38,7 +38,7 @@ from sklearn.svm import SVC
 
 from dtlr.services.modeler.clinical import ClinicalSelector
 from dtlr.services.modeler.selection import selection_pipeline
-from dtlr.shared.config import ModelerSettings, Settings
+from dtlr.shared.config import Settings
 from dtlr.shared.stage import InputError
 from dtlr.shared.stats import youden_threshold
 
@@ -107,12 +107,13 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         svc = SVC(kernel=self.svm_kernel, C=self.svm_c, random_state=self.random_state)
         return CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
 
-    def _selection_settings(self) -> ModelerSettings:
-        """This estimator's selection parameters in the form selection_pipeline takes."""
-        return ModelerSettings(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
-                               spearman_threshold=self.spearman_threshold,
-                               lasso_cv_folds=self.lasso_cv_folds,
-                               lasso_max_steps=self.lasso_max_steps)
+    def _selection_pipeline(self) -> Pipeline:
+        """One family's unfitted selection pipeline with this estimator's parameters."""
+        return selection_pipeline(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
+                                  spearman_threshold=self.spearman_threshold,
+                                  lasso_cv_folds=self.lasso_cv_folds,
+                                  lasso_max_steps=self.lasso_max_steps,
+                                  random_state=self.random_state)
 
     def fit(self, X: pd.DataFrame, y: NDArray[np.int_],
             reader2: dict[str, pd.DataFrame] | None = None) -> DTLRModel:
@@ -133,7 +134,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         ]).fit(family_columns(X, "clinical"), y)
         self.family_models_ = {}
         for family in self.families_:
-            pipe = selection_pipeline(self._selection_settings(), self.random_state)
+            pipe = self._selection_pipeline()
             pipe.steps.append(("svm", self._svm()))
             self.family_models_[family] = pipe.fit(family_columns(X, family), y,
                                                    icc__reader2=reader2.get(family))
@@ -164,7 +165,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         for fit_rows, held_out in folds.split(X, y):
             for j, family in enumerate(self.families_):
                 columns = family_columns(X, family)
-                pipe = selection_pipeline(self._selection_settings(), self.random_state)
+                pipe = self._selection_pipeline()
                 pipe.fit(columns.iloc[fit_rows], y[fit_rows], icc__reader2=reader2.get(family))
                 selected = pipe.transform(columns.iloc[held_out])
                 out[held_out, j] = pipe.named_steps["lasso"].linear_score(selected)
