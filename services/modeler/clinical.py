@@ -15,8 +15,12 @@ import pandas as pd
 import statsmodels.api as sm
 from numpy.typing import NDArray
 from scipy.stats import chi2_contingency, ttest_ind
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator
+from sklearn.feature_selection import SelectorMixin
+from sklearn.utils import ClassifierTags, Tags
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from dtlr.services.modeler.validation import binary_target, in_fitted_order
 from dtlr.shared.manifest import CATEGORIES, NUMERIC, POSITIVE_LEVEL
 from dtlr.shared.stage import InputError
 
@@ -110,23 +114,30 @@ def logistic_fit(X: pd.DataFrame, y: NDArray[np.int_]) -> pd.DataFrame:
         })
 
 
-class ClinicalSelector(TransformerMixin, BaseEstimator):
+class ClinicalSelector(SelectorMixin, BaseEstimator):
     """Univariable then multivariable logistic regression at p < threshold (paper's Table 2).
 
     Features with univariable p < threshold enter one multivariable model; those with
     multivariable p < threshold are selected. If none survives, the feature with the smallest
     univariable p is kept and ``note_`` says so. ``univariable_`` / ``multivariable_`` hold
     (coef, OR, CI low, CI high, p) per input column (NaN where a column did not enter).
+
+    X is a DataFrame of named clinical columns (an array's columns are named x0, x1, ...; a
+    DataFrame's are looked up by name in ``transform``). Missing values (NaN) are accepted
+    (the ``allow_nan`` tag): each regression uses its complete cases, and ``transform`` keeps
+    them for the imputer. y is the binary grade (two classes, the larger one is "high").
     """
 
     def __init__(self, p_threshold: float = 0.05) -> None:
         self.p_threshold = p_threshold
 
-    def fit(self, X: pd.DataFrame, y: NDArray[np.int_]) -> ClinicalSelector:
+    def fit(self, X: pd.DataFrame | NDArray[np.float64], y: NDArray[np.int_],
+            ) -> ClinicalSelector:
         """Run both regressions on the training cohort and choose the features."""
-        names = list(X.columns)
-        self.feature_names_in_ = np.asarray(names, dtype=object)
-        self.n_features_in_ = len(names)
+        values, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan")
+        y = binary_target(y)
+        names = self._input_names()
+        X = pd.DataFrame(values, columns=names)
         self.univariable_ = np.full((len(names), 5), np.nan)
         self.multivariable_ = np.full((len(names), 5), np.nan)
         cols = ["coef", "odds_ratio", "ci_low", "ci_high", "p"]
@@ -156,20 +167,37 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
         self.note_ = "; ".join(notes)
         return self
 
-    def transform(self, X: pd.DataFrame) -> NDArray[np.float64]:
-        """The selected columns (natural units; NaN kept for the imputer)."""
-        return X.loc[:, list(self.feature_names_in_[self.support_])].to_numpy(np.float64)
+    def _input_names(self) -> list[str]:
+        """The input columns' names: a DataFrame's, or x0, x1, ... for an array."""
+        if hasattr(self, "feature_names_in_"):
+            return [str(n) for n in self.feature_names_in_]
+        return [f"x{j}" for j in range(self.n_features_in_)]
 
-    def get_feature_names_out(self, input_features: object = None) -> NDArray[np.object_]:
-        """Names of the selected clinical columns."""
-        return self.feature_names_in_[self.support_]
+    def _get_support_mask(self) -> NDArray[np.bool_]:
+        check_is_fitted(self)
+        return self.support_
+
+    def transform(self, X: pd.DataFrame | NDArray[np.float64]) -> NDArray[np.float64]:
+        """The selected columns (natural units; NaN kept for the imputer)."""
+        check_is_fitted(self)
+        X = validate_data(self, in_fitted_order(self, X), dtype=np.float64,
+                          ensure_all_finite="allow-nan", reset=False)
+        return X[:, self.support_]
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.target_tags.required = True
+        tags.classifier_tags = ClassifierTags(multi_class=False)  # binary grade (see selection)
+        return tags
 
     def table(self) -> pd.DataFrame:
         """Table 2 as a DataFrame: univariable and multivariable OR (95% CI) and p per feature."""
+        check_is_fitted(self)
         cols = ["coef", "odds_ratio", "ci_low", "ci_high", "p"]
         uni = pd.DataFrame(self.univariable_, columns=[f"uni_{c}" for c in cols])
         multi = pd.DataFrame(self.multivariable_, columns=[f"multi_{c}" for c in cols])
         out = pd.concat([uni, multi], axis=1)
-        out.insert(0, "feature", list(self.feature_names_in_))
+        out.insert(0, "feature", self._input_names())
         out["selected"] = self.support_
         return out

@@ -16,7 +16,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator
+from sklearn.feature_selection import SelectorMixin
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from dtlr.services.modeler.validation import in_fitted_order
 
 ICCForm = Literal["ICC1", "ICC2", "ICC3"]
 ICC_FORMS: dict[str, str] = {
@@ -78,33 +83,47 @@ def icc(ratings: NDArray[np.float64], form: ICCForm = "ICC2") -> NDArray[np.floa
     return np.where(np.isfinite(out), out, np.nan)
 
 
-class ICCFilter(TransformerMixin, BaseEstimator):
+class ICCFilter(SelectorMixin, BaseEstimator):
     """Keep features whose inter-reader ICC >= threshold; the first step of a family pipeline.
 
     X is the training cohort's reader-1 table (a DataFrame indexed by patient_id). The
     second reader's table goes to ``fit`` as ``reader2`` (same columns, indexed by patient_id;
     through a Pipeline: ``pipe.fit(X, y, icc__reader2=table)``), so it is data seen at fit
     time, never an estimator parameter. Patients in both tables are the ICC sample. With
-    fewer than 3 such patients (or no table) the filter keeps every feature and says so in
-    ``note_``. ``transform`` returns a NumPy array of the kept columns.
+    fewer than 3 such patients (or no table, which is also how the filter works on a plain
+    array) it keeps every feature and says so in ``note_``. ``transform`` returns a NumPy
+    array of the kept columns; a DataFrame's columns are looked up by name, so a test cohort
+    may order them differently or carry more.
+
+    NaN and infinite values are accepted (the ``allow_nan`` tag): this step sees the raw
+    feature tables, where a feature pyradiomics could not compute is NaN. A feature with a
+    non-finite value on the paired patients gets no ICC and is dropped; the next step,
+    :class:`~dtlr.services.modeler.selection.FiniteColumns`, deals with the rest.
+
+    Fitted attributes: ``icc_`` (per input feature, NaN where not computed), ``support_``,
+    ``n_pairs_``, ``note_``, ``n_features_in_`` and ``feature_names_in_`` (DataFrame input).
     """
 
     def __init__(self, form: ICCForm = "ICC2", threshold: float = 0.8) -> None:
         self.form = form
         self.threshold = threshold
 
-    def fit(self, X: pd.DataFrame, y: object = None, reader2: pd.DataFrame | None = None,
-            ) -> ICCFilter:
+    def fit(self, X: pd.DataFrame | NDArray[np.float64], y: object = None,
+            reader2: pd.DataFrame | None = None) -> ICCFilter:
         """Compute each feature's ICC on the patients both readers segmented."""
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError("ICCFilter needs a DataFrame indexed by patient_id")
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
+        if self.form not in ICC_FORMS:
+            raise ValueError(f"ICC form must be one of {', '.join(ICC_FORMS)}, not {self.form!r}")
+        if reader2 is not None and not (isinstance(X, pd.DataFrame)
+                                        and isinstance(reader2, pd.DataFrame)):
+            raise TypeError("ICCFilter pairs the readers' tables by patient: X and reader2 must "
+                            "be DataFrames indexed by patient_id")
+        values = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
+        p = values.shape[1]
         pairs = [] if reader2 is None else X.index.intersection(reader2.index)
         self.n_pairs_ = len(pairs)
         if self.n_pairs_ < 3:
-            self.icc_ = np.full(X.shape[1], np.nan)
-            self.support_ = np.ones(X.shape[1], dtype=bool)
+            self.icc_ = np.full(p, np.nan)
+            self.support_ = np.ones(p, dtype=bool)
             self.note_ = (f"ICC filter skipped: {self.n_pairs_} patient(s) with a second "
                           "reader's features (at least 3 needed); every feature kept")
             return self
@@ -115,20 +134,22 @@ class ICCFilter(TransformerMixin, BaseEstimator):
         self.icc_ = icc(ratings, self.form)
         self.support_ = np.nan_to_num(self.icc_, nan=-np.inf) >= self.threshold
         self.note_ = (f"{ICC_FORMS[self.form]} on {self.n_pairs_} patients: "
-                      f"{int(self.support_.sum())} of {X.shape[1]} features with "
+                      f"{int(self.support_.sum())} of {p} features with "
                       f"ICC >= {self.threshold:g}")
         return self
 
-    def transform(self, X: pd.DataFrame) -> NDArray[np.float64]:
-        """The kept columns, by name, as a float array."""
-        names = list(self.feature_names_in_[self.support_])
-        missing = [n for n in names if n not in X.columns]
-        if missing:
-            raise ValueError(f"{len(missing)} feature(s) the model was fitted on are missing "
-                             f"(e.g. {', '.join(missing[:3])}); extract features with the same "
-                             "settings as the training cohort")
-        return X.loc[:, names].to_numpy(np.float64)
+    def _get_support_mask(self) -> NDArray[np.bool_]:
+        check_is_fitted(self)
+        return self.support_
 
-    def get_feature_names_out(self, input_features: object = None) -> NDArray[np.object_]:
-        """Names of the kept features."""
-        return self.feature_names_in_[self.support_]
+    def transform(self, X: pd.DataFrame | NDArray[np.float64]) -> NDArray[np.float64]:
+        """The kept columns as a float array (a DataFrame's by name)."""
+        check_is_fitted(self)
+        X = validate_data(self, in_fitted_order(self, X), dtype=np.float64,
+                          ensure_all_finite=False, reset=False)
+        return X[:, self.support_]
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags

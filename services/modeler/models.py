@@ -35,10 +35,12 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from dtlr.services.modeler.clinical import ClinicalSelector
 from dtlr.services.modeler.selection import selection_pipeline
-from dtlr.shared.config import ModelerSettings, Settings
+from dtlr.shared.config import Settings
 from dtlr.shared.stage import InputError
 from dtlr.shared.stats import youden_threshold
 
@@ -69,6 +71,12 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
     ``fit(X, y, reader2={"radiomics": table, "dtl": table})`` passes each family's second-reader
     table (unprefixed columns, indexed by patient_id) to that family's ICC filter. Families
     without columns in X are left out (the DTL family until the GPU stage has run).
+
+    X must be a DataFrame (an array has no family prefixes: TypeError); y holds 0 and 1. NaN
+    is accepted (the ``allow_nan`` tag): missing clinical values are imputed with training
+    medians, non-finite features are dropped or imputed by each family's FiniteColumns step.
+    Every method that needs the fitted models raises NotFittedError before ``fit``. The
+    constructor takes plain values only; :meth:`from_settings` maps the settings onto them.
     """
 
     def __init__(self, icc_form: str = "ICC2", icc_threshold: float = 0.8,
@@ -107,19 +115,32 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         svc = SVC(kernel=self.svm_kernel, C=self.svm_c, random_state=self.random_state)
         return CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
 
-    def _selection_settings(self) -> ModelerSettings:
-        """This estimator's selection parameters in the form selection_pipeline takes."""
-        return ModelerSettings(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
-                               spearman_threshold=self.spearman_threshold,
-                               lasso_cv_folds=self.lasso_cv_folds,
-                               lasso_max_steps=self.lasso_max_steps)
+    def _selection_pipeline(self) -> Pipeline:
+        """One family's unfitted selection pipeline with this estimator's parameters."""
+        return selection_pipeline(icc_form=self.icc_form, icc_threshold=self.icc_threshold,
+                                  spearman_threshold=self.spearman_threshold,
+                                  lasso_cv_folds=self.lasso_cv_folds,
+                                  lasso_max_steps=self.lasso_max_steps,
+                                  random_state=self.random_state)
+
+    @staticmethod
+    def _check_frame(X: object) -> pd.DataFrame:
+        """X must be a DataFrame: the families are told apart by their column prefixes."""
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"DTLRModel needs a DataFrame with family-prefixed columns "
+                            f"(clinical:..., radiomics:..., dtl:...), not {type(X).__name__}")
+        return X
 
     def fit(self, X: pd.DataFrame, y: NDArray[np.int_],
             reader2: dict[str, pd.DataFrame] | None = None) -> DTLRModel:
         """Fit every model on the training cohort only, then each model's Youden threshold."""
-        y = np.asarray(y).astype(np.int64)
+        # Numeric, 2-D, as many labels as rows, labels 1-D and finite; sets n_features_in_ and
+        # feature_names_in_. NaN and inf are left to the families' steps (see the tags).
+        _, y = validate_data(self, self._check_frame(X), y, dtype=np.float64,
+                             ensure_all_finite=False)
         if set(np.unique(y)) != {0, 1}:
             raise InputError("training labels must contain both 0 (low grade) and 1 (high grade)")
+        y = y.astype(np.int64)
         reader2 = reader2 or {}
         self.classes_ = np.array([0, 1])
         self.families_ = [f for f in FAMILIES[1:] if not family_columns(X, f).empty]
@@ -133,7 +154,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         ]).fit(family_columns(X, "clinical"), y)
         self.family_models_ = {}
         for family in self.families_:
-            pipe = selection_pipeline(self._selection_settings(), self.random_state)
+            pipe = self._selection_pipeline()
             pipe.steps.append(("svm", self._svm()))
             self.family_models_[family] = pipe.fit(family_columns(X, family), y,
                                                    icc__reader2=reader2.get(family))
@@ -149,6 +170,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
     def training_design(self, X: pd.DataFrame, y: NDArray[np.int64],
                         reader2: dict[str, pd.DataFrame]) -> pd.DataFrame:
         """The nomogram's design on the training cohort: out-of-fold scores by default."""
+        check_is_fitted(self)
         design = self.nomogram_design(X)
         if self.nomogram_scores == "out-of-fold":
             design[[SCORE_NAMES[f] for f in self.families_]] = self._out_of_fold_scores(
@@ -164,7 +186,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         for fit_rows, held_out in folds.split(X, y):
             for j, family in enumerate(self.families_):
                 columns = family_columns(X, family)
-                pipe = selection_pipeline(self._selection_settings(), self.random_state)
+                pipe = self._selection_pipeline()
                 pipe.fit(columns.iloc[fit_rows], y[fit_rows], icc__reader2=reader2.get(family))
                 selected = pipe.transform(columns.iloc[held_out])
                 out[held_out, j] = pipe.named_steps["lasso"].linear_score(selected)
@@ -183,10 +205,13 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
     @property
     def model_names(self) -> list[str]:
         """Models in the paper's order: clinical, radiomics, (DTL), nomogram."""
+        check_is_fitted(self)
         return ["clinical", *self.families_, "nomogram"]
 
     def scores(self, X: pd.DataFrame) -> pd.DataFrame:
         """Rad score (and DTL score) per patient: the LASSO intercept + coef x z-scored feature."""
+        check_is_fitted(self)
+        X = self._check_frame(X)
         out = {}
         for family in self.families_:
             pipe = self.family_models_[family]
@@ -196,6 +221,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
 
     def nomogram_design(self, X: pd.DataFrame) -> pd.DataFrame:
         """Nomogram predictors: selected clinical features (training-median imputed) + scores."""
+        check_is_fitted(self)
+        X = self._check_frame(X)
         clinical = self.clinical_[:2].transform(family_columns(X, "clinical"))
         names = list(self.clinical_.named_steps["select"].get_feature_names_out())
         design = pd.DataFrame(clinical, columns=names, index=X.index)
@@ -203,11 +230,14 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
 
     def nomogram_linear_predictor(self, X: pd.DataFrame) -> NDArray[np.float64]:
         """The nomogram's log-odds: intercept + sum(coef x predictor)."""
+        check_is_fitted(self)
         design = self.nomogram_design(X).to_numpy(np.float64)
         return self.nomogram_intercept_ + design @ self.nomogram_coef_
 
     def predict_proba_models(self, X: pd.DataFrame) -> pd.DataFrame:
         """P(high grade) from every model, one column per model."""
+        check_is_fitted(self)
+        X = self._check_frame(X)
         out = {"clinical": self.clinical_.predict_proba(family_columns(X, "clinical"))[:, 1]}
         for family in self.families_:
             out[family] = self.family_models_[family].predict_proba(
@@ -217,9 +247,18 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: pd.DataFrame) -> NDArray[np.float64]:
         """The nomogram's class probabilities, (n, 2)."""
+        check_is_fitted(self)
         risk = expit(self.nomogram_linear_predictor(X))
         return np.column_stack([1 - risk, risk])
 
     def predict(self, X: pd.DataFrame) -> NDArray[np.int64]:
         """High grade (1) when the nomogram's risk reaches its Youden threshold."""
+        check_is_fitted(self)
         return (self.predict_proba(X)[:, 1] >= self.thresholds_["nomogram"]).astype(np.int64)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        # Missing clinical values are imputed, non-finite features dropped or imputed.
+        tags.input_tags.allow_nan = True
+        tags.classifier_tags.multi_class = False  # low (0) vs high (1) grade
+        return tags

@@ -12,26 +12,19 @@ import warnings
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_selection import SelectorMixin
 from sklearn.linear_model import LassoLarsCV, lars_path
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import ClassifierTags, Tags, check_array
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from dtlr.services.modeler.icc import ICCFilter
-from dtlr.shared.config import ModelerSettings
+from dtlr.services.modeler.icc import ICCFilter, ICCForm
+from dtlr.services.modeler.validation import binary_target
 from dtlr.shared.stage import InputError
-
-
-def _names_out(step: BaseEstimator, input_features: object) -> NDArray[np.object_]:
-    """Input names (or x0, x1, ...) restricted to a step's ``support_``."""
-    n = step.support_.size
-    names = (np.asarray([f"x{i}" for i in range(n)], dtype=object) if input_features is None
-             else np.asarray(input_features, dtype=object))
-    if names.size != n:
-        raise ValueError(f"expected {n} input feature names, got {names.size}")
-    return names[step.support_]
 
 
 def univariable_auc(X: NDArray[np.float64], y: NDArray[np.int_]) -> NDArray[np.float64]:
@@ -44,18 +37,19 @@ def univariable_auc(X: NDArray[np.float64], y: NDArray[np.int_]) -> NDArray[np.f
     return (ranks[y].sum(axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
-class FiniteColumns(TransformerMixin, BaseEstimator):
+class FiniteColumns(SelectorMixin, BaseEstimator):
     """Drop columns that are non-finite anywhere or constant in training; impute the rest.
 
     A feature pyradiomics could not compute for some training patient, or one without variance,
     cannot be z-scored or ranked. Non-finite values met later (test cohorts) take the
-    training median of that column, so one bad value never drops a patient.
+    training median of that column, so one bad value never drops a patient. This is the step
+    that accepts NaN and infinite values (the ``allow_nan`` tag); every later step gets
+    finite columns only. Fitted: ``support_``, ``medians_`` (of the kept columns).
     """
 
     def fit(self, X: NDArray[np.float64], y: object = None) -> FiniteColumns:
         """Learn which columns are usable and their training medians."""
-        X = np.asarray(X, dtype=np.float64)
-        self.n_features_in_ = X.shape[1]
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
         finite = np.isfinite(X).all(axis=0)
         spread = np.zeros(X.shape[1])
         spread[finite] = np.ptp(X[:, finite], axis=0)
@@ -63,20 +57,38 @@ class FiniteColumns(TransformerMixin, BaseEstimator):
         self.medians_ = np.median(X[:, self.support_], axis=0)
         return self
 
+    def _get_support_mask(self) -> NDArray[np.bool_]:
+        check_is_fitted(self)
+        return self.support_
+
     def transform(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """Kept columns, non-finite values replaced by the training medians."""
-        out = np.asarray(X, dtype=np.float64)[:, self.support_]
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False, reset=False)
+        out = X[:, self.support_]
         bad = ~np.isfinite(out)
         if bad.any():
             out = np.where(bad, self.medians_, out)
         return out
 
-    def get_feature_names_out(self, input_features: object = None) -> NDArray[np.object_]:
-        """Names of the kept columns."""
-        return _names_out(self, input_features)
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
 
 
-class SpearmanFilter(TransformerMixin, BaseEstimator):
+def _binary_label_tags(tags: Tags) -> Tags:
+    """Tags of a selector supervised by the binary grade: y required, two classes only.
+
+    sklearn has no target tag for "binary labels" outside classifier tags; a supervised
+    selector carries them as RFE does (the common checks then give it two-class targets).
+    """
+    tags.target_tags.required = True
+    tags.classifier_tags = ClassifierTags(multi_class=False)
+    return tags
+
+
+class SpearmanFilter(SelectorMixin, BaseEstimator):
     """Among feature pairs with Spearman |rho| > threshold, keep the one better on its own.
 
     "Better on its own" = larger univariable discrimination |AUC - 0.5| (direction-free: a
@@ -85,6 +97,9 @@ class SpearmanFilter(TransformerMixin, BaseEstimator):
     correlated above the threshold with a feature already kept. So every dropped feature has
     a better kept partner, and no kept pair exceeds the threshold. The correlation matrix is
     one product of standardised rank columns; the sweep is a loop over boolean rows.
+    y is the binary grade (two classes, the larger one is "high"); X must be finite.
+    Fitted: ``auc_`` (univariable AUC per feature), ``support_``, ``dropped_for_`` (the kept
+    partner of each dropped feature, -1 for kept ones).
     """
 
     def __init__(self, threshold: float = 0.9) -> None:
@@ -92,12 +107,12 @@ class SpearmanFilter(TransformerMixin, BaseEstimator):
 
     def fit(self, X: NDArray[np.float64], y: NDArray[np.int_]) -> SpearmanFilter:
         """Rank correlations, univariable AUCs and the greedy keep/drop sweep."""
-        X = np.asarray(X, dtype=np.float64)
-        self.n_features_in_ = X.shape[1]
-        self.auc_ = univariable_auc(X, y)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        self.auc_ = univariable_auc(X, binary_target(y))
         ranks = rankdata(X, axis=0)
         ranks -= ranks.mean(axis=0)
-        ranks /= np.sqrt((ranks**2).sum(axis=0))
+        with np.errstate(divide="ignore", invalid="ignore"):  # constant column: no correlation
+            ranks /= np.sqrt((ranks**2).sum(axis=0))
         high = np.abs(ranks.T @ ranks) > self.threshold
         np.fill_diagonal(high, False)
         order = np.argsort(-np.abs(self.auc_ - 0.5), kind="stable")
@@ -113,16 +128,15 @@ class SpearmanFilter(TransformerMixin, BaseEstimator):
         self.dropped_for_ = dropped_for
         return self
 
-    def transform(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
-        """The kept columns."""
-        return np.asarray(X, dtype=np.float64)[:, self.support_]
+    def _get_support_mask(self) -> NDArray[np.bool_]:
+        check_is_fitted(self)
+        return self.support_
 
-    def get_feature_names_out(self, input_features: object = None) -> NDArray[np.object_]:
-        """Names of the kept columns."""
-        return _names_out(self, input_features)
+    def __sklearn_tags__(self) -> Tags:
+        return _binary_label_tags(super().__sklearn_tags__())
 
 
-class LassoSelector(TransformerMixin, BaseEstimator):
+class LassoSelector(SelectorMixin, BaseEstimator):
     """LASSO (least squares on the 0/1 label) with cross-validated lambda, solved by LARS.
 
     Why linear LASSO rather than L1 logistic regression: the paper's lambdas (0.0193, 0.0687)
@@ -139,7 +153,10 @@ class LassoSelector(TransformerMixin, BaseEstimator):
     ``dfmax``: selections are far smaller (the paper kept 32 and 28 features), and the tail of
     the path is what costs; ``note_`` says so if CV chose the path's last point.
     ``transform`` returns the selected columns; :meth:`linear_score` gives the score
-    (intercept + coefficients x features).
+    (intercept + coefficients x features). y is the binary grade (two classes, the larger one
+    is "high"); X must be finite. Fitted: ``alpha_``, ``cv_alpha_``, ``coef_``,
+    ``intercept_``, ``support_``, ``note_``, the path (``alphas_``, ``coef_path_``) and the CV
+    curve (``cv_alphas_``, ``mse_path_``) for the report.
     """
 
     def __init__(self, cv_folds: int = 10, max_steps: int = 100, random_state: int = 0) -> None:
@@ -149,10 +166,13 @@ class LassoSelector(TransformerMixin, BaseEstimator):
 
     def fit(self, X: NDArray[np.float64], y: NDArray[np.int_]) -> LassoSelector:
         """Cross-validate lambda, refit on all training rows, keep the path for the report."""
-        X = np.asarray(X, dtype=np.float64)
-        yf = np.asarray(y, dtype=np.float64)
-        self.n_features_in_ = X.shape[1]
-        folds = min(self.cv_folds, int(min(yf.sum(), (1 - yf).sum())))
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        yf = binary_target(y).astype(np.float64)
+        minority = int(min(yf.sum(), (1 - yf).sum()))
+        if minority < 2:
+            raise ValueError(f"LASSO cross-validation needs at least 2 patients of each class, "
+                             f"got {minority}")
+        folds = min(self.cv_folds, minority)
         cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
         with warnings.catch_warnings():
             # LARS warns when collinear features make a step degenerate; it drops the feature.
@@ -184,27 +204,33 @@ class LassoSelector(TransformerMixin, BaseEstimator):
         self.note_ = note
         return self
 
-    def transform(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
-        """The selected columns."""
-        return np.asarray(X, dtype=np.float64)[:, self.support_]
+    def _get_support_mask(self) -> NDArray[np.bool_]:
+        check_is_fitted(self)
+        return self.support_
 
     def linear_score(self, X_selected: NDArray[np.float64]) -> NDArray[np.float64]:
         """intercept + sum(coef x feature) over the selected (z-scored) columns."""
-        return self.intercept_ + np.asarray(X_selected, dtype=np.float64) @ self.coef_[
-            self.support_]
+        check_is_fitted(self)
+        X_selected = check_array(X_selected, dtype=np.float64)
+        n = int(self.support_.sum())
+        if X_selected.shape[1] != n:
+            raise ValueError(f"X_selected has {X_selected.shape[1]} columns, but LassoSelector "
+                             f"selected {n} features (pass the output of transform)")
+        return self.intercept_ + X_selected @ self.coef_[self.support_]
 
-    def get_feature_names_out(self, input_features: object = None) -> NDArray[np.object_]:
-        """Names of the selected columns."""
-        return _names_out(self, input_features)
+    def __sklearn_tags__(self) -> Tags:
+        return _binary_label_tags(super().__sklearn_tags__())
 
 
-def selection_pipeline(settings: ModelerSettings, seed: int) -> Pipeline:
+def selection_pipeline(*, icc_form: ICCForm = "ICC2", icc_threshold: float = 0.8,
+                       spearman_threshold: float = 0.9, lasso_cv_folds: int = 10,
+                       lasso_max_steps: int = 100, random_state: int = 0) -> Pipeline:
     """ICC -> finite columns -> z-score -> Spearman -> LASSO, unfitted; reader 2 via fit."""
     return Pipeline([
-        ("icc", ICCFilter(form=settings.icc_form, threshold=settings.icc_threshold)),
+        ("icc", ICCFilter(form=icc_form, threshold=icc_threshold)),
         ("finite", FiniteColumns()),
         ("zscore", StandardScaler()),
-        ("spearman", SpearmanFilter(threshold=settings.spearman_threshold)),
-        ("lasso", LassoSelector(cv_folds=settings.lasso_cv_folds,
-                                max_steps=settings.lasso_max_steps, random_state=seed)),
+        ("spearman", SpearmanFilter(threshold=spearman_threshold)),
+        ("lasso", LassoSelector(cv_folds=lasso_cv_folds, max_steps=lasso_max_steps,
+                                random_state=random_state)),
     ])

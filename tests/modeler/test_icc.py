@@ -106,6 +106,6 @@ def test_icc_filter_without_second_reader_keeps_everything_and_says_so() -> None
         assert f.support_.all()
         assert "skipped" in f.note_
     with pytest.raises(TypeError, match="DataFrame"):
-        ICCFilter().fit(reader1.to_numpy())
+        ICCFilter().fit(reader1.to_numpy(), reader2=reader2)
     with pytest.raises(ValueError, match="1 feature"):
         ICCFilter().fit(reader1, reader2=reader2).transform(reader1.drop(columns="a"))

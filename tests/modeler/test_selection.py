@@ -17,7 +17,6 @@ from dtlr.services.modeler.selection import (
     selection_pipeline,
     univariable_auc,
 )
-from dtlr.shared.config import ModelerSettings
 
 
 def _data(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +123,7 @@ def test_selection_pipeline_on_dataframes_names_the_selected_features() -> None:
     names = [f"f{j}" for j in range(X.shape[1])]
     frame = pd.DataFrame(X * 100 + 7, columns=names, index=[f"P{i}" for i in range(200)])
     reader2 = frame.iloc[:20] + np.random.default_rng(0).normal(size=(20, X.shape[1]))
-    pipe = selection_pipeline(ModelerSettings(lasso_cv_folds=5), seed=1)
+    pipe = selection_pipeline(lasso_cv_folds=5, random_state=1)
     out = pipe.fit_transform(frame, y, icc__reader2=reader2)
     selected = list(pipe.get_feature_names_out())
     assert out.shape == (200, len(selected))
