@@ -239,6 +239,8 @@ def run_model(store: Store, train: str, tests: list[str], settings: Settings,
                              dtl=model_id is not None, extra_sections=sections,
                              on_run_id=lambda rid: setattr(run, "key", rid))
         run.inputs = {"dtl_model_id": model_id or "", "tests": ",".join(tests)}
+        if "reused" in result.seconds:
+            run.skip()  # an identical run's results (and record) are in the store already
     assert run.record is not None
     summary = StageSummary("model", ran=[run.record], seconds=time.perf_counter() - t0)
     return (result if run.record.state == "done" else None), summary
