@@ -23,6 +23,12 @@ EXIT_STORE = 4  # the store could not be written (full disk, permissions)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
+class Refused(click.ClickException):
+    """Nothing ran: the message says why and what to do (exit code 2)."""
+
+    exit_code = EXIT_REFUSED
+
+
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--store PATH`` (default ``$DTLR_HOME`` or ``./dtlr-data``), passed on as a Store."""
     return click.option(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -362,37 +363,83 @@ class Store:
                 "WHERE false")
         return views
 
-    def refresh_catalog(self) -> bool:
-        """(Re)define the views that changed; returns whether the catalog file was written.
+    def _view_keys(self) -> dict[str, str]:
+        """The live catalog's views and their definitions' keys (empty when there is none)."""
+        if not self.catalog_path.is_file():
+            return {}
+        try:
+            with duckdb.connect(str(self.catalog_path), read_only=True) as con:
+                return dict(con.execute(
+                    "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
+        except duckdb.Error:
+            return {}  # unreadable (an older format, a damaged file): rebuilt whole below
 
-        Creating a view over many wide Parquet files reads every file's schema, so views whose
-        definition is unchanged are left alone (each view's comment holds its definition's key).
+    def refresh_catalog(self) -> bool:
+        """(Re)define the views that changed; returns whether the catalog file was replaced.
+
+        The catalog is never changed in place: a copy is updated and renamed over it (the
+        store's atomic writer), so a reader (``dtlr sql``, pandas, the duckdb CLI) sees the old
+        views or the new ones, never none, and never holds a lock a writer needs. Creating a
+        view over many wide Parquet files reads every file's schema, so views whose definition
+        is unchanged are kept (each view's comment holds its definition's key).
         """
         wanted = self._view_sql()
         keys = {name: content_key(sql) for name, sql in wanted.items()}
-        have: dict[str, str] = {}
-        if self.catalog_path.is_file():
-            with duckdb.connect(str(self.catalog_path), read_only=True) as con:
-                have = dict(con.execute(
-                    "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
+        have = self._view_keys()
         stale = [name for name in VIEW_ORDER if have.get(name) != keys[name]]
         if not stale:
             return False
-        self.root.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect(str(self.catalog_path)) as con:
-            for name in stale:
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS {wanted[name]}")
-                con.execute(f"COMMENT ON VIEW {name} IS '{keys[name]}'")
+
+        def build(tmp: Path) -> None:
+            if have:
+                shutil.copyfile(self.catalog_path, tmp)
+            with duckdb.connect(str(tmp)) as con:
+                for name in (stale if have else VIEW_ORDER):
+                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {wanted[name]}")
+                    con.execute(f"COMMENT ON VIEW {name} IS '{keys[name]}'")
+                con.execute("CHECKPOINT")
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
+
+        self.write_file(self.catalog_path, build)
         return True
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection on the catalog (refreshing it first when opened for writing)."""
+        """A read-only DuckDB connection on the catalog (refreshed first unless ``read_only``).
+
+        The catalog is only ever replaced, never written through a connection, so even
+        ``read_only=False`` returns a read-only connection on the fresh catalog.
+        """
         if not read_only:
             self.refresh_catalog()
         if not self.catalog_path.is_file():
             raise StoreError(
-                f"no catalog at {self.catalog_path}: run `dtlr-submit` or `dtlr cohort add` first, "
+                f"no catalog at {self.catalog_path}: run `dtlr submit` or `dtlr cohort add` first, "
                 "or point DTLR_HOME at an existing store"
             )
-        return duckdb.connect(str(self.catalog_path), read_only=read_only)
+        try:
+            return duckdb.connect(str(self.catalog_path), read_only=True)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open the catalog {self.catalog_path}: {exc}") from exc
 
+    def sandboxed(self) -> duckdb.DuckDBPyConnection:
+        """A connection that can read the store's files and nothing else (for user queries).
+
+        External access is off except the store's folder (no other file, no URL, no
+        /proc/self/environ), no extension is installed or loaded, and the configuration is
+        locked, so a query cannot switch any of this back on.
+        """
+        if not self.catalog_path.is_file():
+            raise StoreError(
+                f"no catalog at {self.catalog_path}: run `dtlr submit` or `dtlr cohort add` first, "
+                "or point DTLR_HOME at an existing store")
+        config = {"autoload_known_extensions": False, "autoinstall_known_extensions": False,
+                  "allow_community_extensions": False}
+        try:
+            con = duckdb.connect(str(self.catalog_path), read_only=True, config=config)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open the catalog {self.catalog_path}: {exc}") from exc
+        root = self.root.resolve().as_posix().replace("'", "''")
+        con.execute(f"SET allowed_directories = ['{root}/']")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con

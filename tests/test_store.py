@@ -81,7 +81,7 @@ def test_sql_refuses_anything_but_reading(tmp_path: Path, query: str, kind: str)
     store.refresh_catalog()
     result = CliRunner().invoke(sql, [query, "--store", str(tmp_path)])
     assert result.exit_code == 2
-    assert f"dtlr-sql only reads the store: a {kind} statement is refused" in result.output
+    assert f"dtlr sql only reads the store: a {kind} statement is refused" in result.output
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -98,8 +98,8 @@ def test_sql_outputs_json_and_csv(tmp_path: Path) -> None:
 
 def test_sql_without_a_store_says_how_to_make_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(sql, ["SELECT 1", "--store", str(tmp_path / "none")])
-    assert result.exit_code == 1
-    assert "run `dtlr-submit` or `dtlr cohort add` first" in result.output
+    assert result.exit_code == 2
+    assert "run `dtlr submit` or `dtlr cohort add` first" in result.output
 
 
 def test_long_files_read_back_wide_in_file_order(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""``dtlr-sql``: read-only SQL over the feature store's DuckDB catalog."""
+"""``dtlr sql``: read-only SQL over the feature store's DuckDB catalog, confined to the store.
+
+Queries run on :meth:`dtlr.shared.store.Store.sandboxed`: only the store's own files can be
+read (no other file, no URL, no extension), and only SELECT-like statements are accepted.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from dtlr.shared.cli import console, store_option
+from dtlr.shared.cli import Refused, console, store_option
 from dtlr.shared.store import Store, StoreError
 
 MAX_SHOWN_COLUMNS = 12
@@ -21,30 +25,36 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
-        raise click.UsageError(f"cannot parse the query: {exc}") from exc
+        raise Refused(f"cannot parse the query: {str(exc).splitlines()[0]}") from exc
     if not statements:
-        raise click.UsageError("empty query; give a SELECT statement")
+        raise Refused("empty query; give a SELECT statement")
     for st in statements:
         if st.type != duckdb.StatementType.SELECT:
             kind = st.type.name
-            raise click.UsageError(
-                f"dtlr-sql only reads the store: a {kind} statement is refused. Use SELECT "
-                "(export with --csv or --json; the store is written by dtlr-submit and dtlr-model)"
+            raise Refused(
+                f"dtlr sql only reads the store: a {kind} statement is refused. Use SELECT "
+                "(export with --csv or --json; the store is written by dtlr submit and dtlr model)"
             )
 
 
 def run_query(store: Store, query: str) -> tuple[list[str], list[tuple]]:
-    """Column names and rows of a read-only query on the catalog."""
+    """Column names and rows of a read-only query on the catalog, confined to the store."""
     try:
-        con = store.connect(read_only=True)
+        con = store.sandboxed()
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+        hint = ("; another process holds it open for writing: close it, or open the catalog "
+                "read-only (`duckdb -readonly`, `duckdb.connect(path, read_only=True)`)"
+                if "lock" in str(exc).lower() else "")
+        raise Refused(f"{exc}{hint}") from exc
     with con:
         check_read_only(con, query)
         try:
             cur = con.execute(query)
+        except duckdb.PermissionException as exc:
+            raise Refused(f"dtlr sql reads the store at {store.root} and nothing else: "
+                          f"{str(exc).splitlines()[0]}") from exc
         except duckdb.Error as exc:
-            raise click.ClickException(f"query failed: {exc}") from exc
+            raise Refused(f"query failed: {str(exc).splitlines()[0]}") from exc
         columns = [d[0] for d in cur.description] if cur.description else []
         return columns, cur.fetchall()
 
@@ -61,7 +71,7 @@ def sql(query: str, fmt: str | None, store: Store) -> None:
 
     \b
     Example:
-      dtlr-sql "SELECT cohort, count(*) FROM radiomics GROUP BY cohort"
+      dtlr sql "SELECT cohort, count(*) FROM radiomics GROUP BY cohort"
     """
     columns, rows = run_query(store, query)
     if fmt == "csv":
