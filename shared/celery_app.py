@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from celery import Celery, shared_task
@@ -49,6 +50,35 @@ logger = logging.getLogger("dtlr.worker")
 def broker_url(explicit: str | None = None) -> str | None:
     """The broker from ``--broker`` or ``$DTLR_BROKER_URL``; None means the embedded default."""
     return explicit or os.environ.get(BROKER_ENV) or None
+
+
+def redact(url: str) -> str:
+    """A broker URL fit for messages and logs: its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def broker_problem(url: str) -> str | None:
+    """Why the broker cannot be used (unreachable, password refused or missing), or None."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except redis.AuthenticationError:
+        return (f"the broker at {redact(url)} refused the password: put the right one in the "
+                "URL (redis://:PASSWORD@host:6379/0, in --broker or DTLR_BROKER_URL)")
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "auth" in str(exc).lower():
+            return (f"the broker at {redact(url)} needs a password: give it in the URL "
+                    "(redis://:PASSWORD@host:6379/0, in --broker or DTLR_BROKER_URL)")
+        return f"the broker at {redact(url)} answered with an error: {exc}"
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return (f"cannot reach the broker at {redact(url)} ({type(exc).__name__}); start Redis "
+                "(or fix --broker / DTLR_BROKER_URL), then run the same command again")
+    return None
 
 
 def make_app(broker: str, include: Sequence[str] = (),

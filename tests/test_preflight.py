@@ -52,7 +52,7 @@ def test_unreachable_broker_refuses_the_run(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     code, output, seconds = submit("--cohort", "demo", "--store", str(tmp_path / "store"),
                                    "--broker", url)
-    assert code == 2, output
+    assert code == 3, output
     assert f"cannot reach the broker at {url}" in output and "start Redis" in output
     assert seconds < FAST_S
 

@@ -9,7 +9,9 @@ are defined here.
 from __future__ import annotations
 
 import importlib
+import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -19,7 +21,7 @@ from rich.table import Table
 import dtlr
 from dtlr.services.coordinator import pipeline
 from dtlr.shared import manifest
-from dtlr.shared.cli import console, store_option
+from dtlr.shared.cli import DEBUG_ENV, console, run_command, store_option
 from dtlr.shared.stage import COHORT
 from dtlr.shared.store import Store
 
@@ -53,8 +55,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY:
-            module, _, attr = LAZY[cmd_name][0].partition(":")
-            return getattr(importlib.import_module(module), attr)
+            return _command(cmd_name)
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -67,7 +68,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(dtlr.__version__, prog_name="dtlr")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (or DTLR_DEBUG=1).")
+def cli(debug: bool) -> None:
     """DTLR: deep-transfer-learning radiomics nomograms from MRI cohorts.
 
     \b
@@ -75,6 +77,8 @@ def cli() -> None:
     dtlr submit --cohort hospitalA --cohort hospitalB --train hospitalA
     dtlr sql "SELECT cohort, count(*) FROM radiomics GROUP BY cohort"
     """
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @cli.group()
@@ -178,3 +182,28 @@ def status(cohorts: tuple[str, ...], store: Store) -> None:
     for r in failures:
         where = r.cohort if r.patient_id == COHORT else f"{r.cohort}/{r.patient_id}"
         out.print(f"[red]failed[/red] {r.stage} {where}: {r.message}")
+
+
+def _command(name: str) -> click.Command:
+    module, _, attr = LAZY[name][0].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main() -> None:
+    """The `dtlr` program: every subcommand behind the one top-level error handler."""
+    run_command(cli, "dtlr")
+
+
+def alias(name: str) -> Callable[[], None]:
+    """The entry point of a former `dtlr-<name>` script (same command, same handler)."""
+
+    def entry() -> None:
+        run_command(_command(name), f"dtlr-{name}")
+
+    entry.__name__ = f"{name}_main"
+    return entry
+
+
+submit_main, extract_main, sql_main = alias("submit"), alias("extract"), alias("sql")
+model_main, predict_main, stats_main = alias("model"), alias("predict"), alias("stats")
+worker_main = alias("worker")

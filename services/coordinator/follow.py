@@ -34,7 +34,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from dtlr.services.coordinator.dispatch import Job
-from dtlr.shared.celery_app import EventBus
+from dtlr.shared.celery_app import EventBus, redact
 from dtlr.shared.stage import failure_record
 from dtlr.shared.store import StatusRecord, Store, StoreWriteError
 
@@ -51,9 +51,13 @@ NO_WORKER_ENV = "DTLR_NO_WORKER_S"
 class BrokerLostError(RuntimeError):
     """The broker is unreachable (or stayed away); the message says what to do."""
 
+    exit_code = 3  # shared.cli.EXIT_BROKER
+
 
 class NoWorkerError(RuntimeError):
     """No worker serves a queue that has pending tasks; the message says how to start one."""
+
+    exit_code = 3  # shared.cli.EXIT_BROKER
 
 
 def broker_identity(url: str) -> str | None:
@@ -105,8 +109,8 @@ class Follower:
                                                      "interval_step": 0.5})
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise BrokerLostError(
-                f"cannot reach the broker at {self.broker} ({exc}); start Redis (or fix --broker "
-                "/ DTLR_BROKER_URL), then re-submit the same command") from exc
+                f"cannot reach the broker at {redact(self.broker)} ({exc}); start Redis (or fix "
+                "--broker / DTLR_BROKER_URL), then re-submit the same command") from exc
 
     def run(self, jobs: list[Job]) -> Iterator[StatusRecord]:
         """Send ``jobs`` and yield their status records as the workers report them."""
@@ -120,7 +124,7 @@ class Follower:
         identity = broker_identity(self.broker)
         if identity is None:
             raise BrokerLostError(
-                f"cannot reach the broker at {self.broker}; start Redis (or fix --broker / "
+                f"cannot reach the broker at {redact(self.broker)}; start Redis (or fix --broker / "
                 "DTLR_BROKER_URL), then re-submit the same command")
         self._send(jobs)
         now = time.monotonic()
@@ -160,7 +164,7 @@ class Follower:
                     if now - down_since > self.outage_limit:
                         done = len(jobs) - len(pending)
                         raise BrokerLostError(
-                            f"lost the broker at {self.broker} for more than "
+                            f"lost the broker at {redact(self.broker)} for more than "
                             f"{self.outage_limit:.0f} s: {done} of {len(jobs)} task(s) finished "
                             "and are kept in the store; restart Redis and re-submit the same "
                             "command to do only the rest")
@@ -230,5 +234,5 @@ class Follower:
                 raise NoWorkerError(
                     f"no worker has served the queue {queue!r} for {now - since:.0f} s and "
                     f"{count} task(s) wait in it: start one with `dtlr worker --queue {queue} "
-                    f"--broker {self.broker}` (finished work is kept; re-submitting the same "
-                    "command does only the rest)")
+                    f"--broker {redact(self.broker)}` (finished work is kept; re-submitting the "
+                    "same command does only the rest)")

@@ -13,6 +13,8 @@ import uuid
 
 from celery import Celery
 
+from dtlr.shared.celery_app import broker_problem
+from dtlr.shared.cli import EXIT_BROKER, EXIT_REFUSED
 from dtlr.shared.config import Settings
 from dtlr.shared.stage import InputError
 from dtlr.shared.store import Store, StoreWriteError
@@ -22,6 +24,8 @@ WEIGHTS_COMMAND = "dtlr_check_weights"
 
 class PreflightError(RuntimeError):
     """The run cannot start; the message lists every reason with its fix."""
+
+    exit_code = EXIT_REFUSED  # EXIT_BROKER when the broker is the problem
 
 
 def _store(store: Store) -> str | None:
@@ -72,15 +76,15 @@ def _remote_weights(app: Celery, settings: Settings) -> str | None:
 def preflight(store: Store, settings: Settings, *, cnn: bool, app: Celery | None = None,
               broker: str | None = None) -> None:
     """Raise :class:`PreflightError` listing everything that would stop the run."""
-    from dtlr.services.coordinator.follow import broker_identity
-
     problems = [_store(store), _params(settings)]
-    if broker is not None and broker_identity(broker) is None:
-        problems.append(f"cannot reach the broker at {broker}: start Redis (or fix --broker / "
-                        "DTLR_BROKER_URL), then re-submit")
+    broker_down = broker_problem(broker) if broker is not None else None
+    if broker_down:
+        problems.append(broker_down)
     elif cnn:
         problems.append(_local_weights(settings) if app is None
                         else _remote_weights(app, settings))
     found = [p for p in problems if p]
     if found:
-        raise PreflightError("the run cannot start:\n" + "\n".join(f"  - {p}" for p in found))
+        error = PreflightError("the run cannot start:\n" + "\n".join(f"  - {p}" for p in found))
+        error.exit_code = EXIT_BROKER if broker_down else EXIT_REFUSED
+        raise error

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,8 +21,8 @@ from dtlr.shared.cli import (
     EXIT_BROKER,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_REFUSED,
     console,
+    say,
     settings_option,
     store_option,
 )
@@ -57,7 +58,8 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
     console.print(table)
     for s in summaries:
         for r in sorted(s.failed, key=lambda r: (r.cohort, r.patient_id)):
-            console.print(f"[red]failed[/red] {s.stage} {r.cohort}/{r.patient_id}: {r.message}")
+            where = r.cohort if r.patient_id == "*" else f"{r.cohort}/{r.patient_id}"
+            say(f"failed {s.stage} {escape(where)}", "red", r.message)
 
 
 def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
@@ -125,8 +127,8 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
         # cannot finish stops now, in seconds, with every reason and its fix.
         preflight(store, settings, cnn=train is not None and cnn, app=app, broker=url)
     except PreflightError as exc:
-        console.print(f"[red]refused[/red]: {exc}")
-        sys.exit(EXIT_REFUSED)
+        say("refused", "red", exc)
+        sys.exit(exc.exit_code)
     try:
         names = pipeline.expand_cohorts(store, cohorts)
         for name in names:
@@ -144,7 +146,7 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
                               summaries)
     except (BrokerLostError, NoWorkerError) as exc:
         print_summary(summaries)
-        console.print(f"[red]stopped[/red]: {exc}")
+        say("stopped", "red", exc)
         sys.exit(EXIT_BROKER)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished work is in the store and "

@@ -21,12 +21,18 @@ import click
 from celery.signals import after_setup_logger, worker_process_init
 
 from dtlr.services.coordinator.dispatch import coordinator_app
-from dtlr.shared.celery_app import WORKER_STORE_ENV, broker_url
+from dtlr.shared.celery_app import WORKER_STORE_ENV, broker_problem, broker_url
 from dtlr.shared.cli import store_option
 from dtlr.shared.config import share_cores
 from dtlr.shared.store import Store
 
 THREADS_ENV = "DTLR_THREADS"
+
+
+class BrokerRefusedError(RuntimeError):
+    """The broker refused this worker's password (or needs one)."""
+
+    exit_code = 3  # shared.cli.EXIT_BROKER
 # Celery's own per-task lines ("received", "succeeded"): the task wrapper logs one line instead.
 QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "radiomics", "pykwalify")
 
@@ -114,6 +120,11 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
                                "DTLR_BROKER_URL")
     if queue == "cpu" and (gpu is not None or gpus):
         raise click.UsageError("--gpu/--gpus apply to --queue gpu only")
+    problem = broker_problem(url)
+    if problem and "password" in problem:
+        raise BrokerRefusedError(problem)  # waiting would not help
+    if problem:
+        click.echo(f"{problem}; waiting for it (Ctrl-C to stop)", err=True)
     if gpus == "all":
         count = visible_gpus()
         if count > 1:
@@ -141,4 +152,6 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
 
 
 if __name__ == "__main__":
-    worker()
+    from dtlr.shared.cli import run_command
+
+    run_command(worker, "dtlr worker")
