@@ -67,8 +67,8 @@ def main() -> None:
                                    ("queue, 1 worker x 1", 1, 1),
                                    ("queue, 2 workers x 1", 2, 1)):
             store = new_store(work / label.replace(" ", "_").replace(",", ""), manifests)
-            workers = [Worker(redis.url, store.root, "cpu", "--concurrency", str(conc))
-                       for _ in range(count)]
+            workers = [Worker(redis.url, store.root, "cpu", "--concurrency", str(conc),
+                              data_roots=[work / "demo"]) for _ in range(count)]
             try:
                 for w in workers:
                     w.wait_ready()

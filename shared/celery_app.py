@@ -41,6 +41,8 @@ BROKER_ENV = "DTLR_BROKER_URL"
 VISIBILITY_TIMEOUT_ENV = "DTLR_VISIBILITY_TIMEOUT"
 # The store a worker serves: messages naming another store are refused.
 WORKER_STORE_ENV = "DTLR_WORKER_STORE"
+# The folders (os.pathsep-separated) a worker may read images, masks, parameter files from.
+WORKER_DATA_ROOTS_ENV = "DTLR_DATA_ROOTS"
 STORE_RETRIES = 5
 EVENTS_TTL_S = 7 * 24 * 3600
 
@@ -172,12 +174,34 @@ def execute(message: TaskMessage,
                                message.submission)
 
 
-def check_store(message: TaskMessage) -> None:
-    """Refuse a message for another store than the one this worker serves."""
+def data_roots() -> list[Path]:
+    """The folders this worker may read inputs from: its store and ``--data-root`` folders."""
+    roots = [p for p in os.environ.get(WORKER_DATA_ROOTS_ENV, "").split(os.pathsep) if p]
     served = os.environ.get(WORKER_STORE_ENV)
-    if served and Path(message.store_root).resolve() != Path(served).resolve():
+    return [Path(p).resolve() for p in ([served] if served else []) + roots]
+
+
+def confine(message: TaskMessage) -> None:
+    """Refuse a message for another store, or one naming a file outside the worker's roots.
+
+    Names (cohort, patient, model) are already constrained by the schema; here every path
+    the task would read is resolved (symlinks followed) and must lie under the store or a
+    ``--data-root`` the worker was started with. Nothing is read or written before this.
+    """
+    served = os.environ.get(WORKER_STORE_ENV)
+    if not served:
+        return  # not a confined worker (the embedded default runs the user's own command)
+    if Path(message.store_root).resolve() != Path(served).resolve():
         raise PermissionError(f"this worker serves the store {served}; the message names "
                               f"{message.store_root!r}: refused before touching any file")
+    roots = data_roots()
+    for path in message.files():
+        resolved = Path(path).resolve()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise PermissionError(
+                f"{path!r} is outside this worker's store and data roots "
+                f"({', '.join(str(r) for r in roots)}): refused before reading it; start the "
+                "worker with --data-root FOLDER for the folder that holds the cohort's files")
 
 
 def _summary(records: Sequence[StatusRecord]) -> str:
@@ -210,7 +234,7 @@ def stage_task(spec: TaskSpec) -> Callable[[Callable[..., list[StatusRecord]]], 
             records: list[StatusRecord] = []
             try:
                 message = spec.message.model_validate(kwargs)
-                check_store(message)
+                confine(message)
             except (ValidationError, PermissionError) as exc:
                 error = (f"{spec.name}: message refused before any work: "
                          f"{str(exc).splitlines()[0][:500]}")

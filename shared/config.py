@@ -162,15 +162,37 @@ def shipped_params() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as 'line L, column C: problem', without quoting the file's contents."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    if mark is None:
+        return str(problem)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def load_yaml(path: Path, what: str) -> object:
+    """A YAML file's data; errors name the file and the place, never quote its contents."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise SettingsError(f"cannot read {what} {path}: {reason}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{what} {path} is not valid YAML ({yaml_problem(exc)})") from exc
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Settings from a YAML file (missing keys take the paper's defaults), or the defaults."""
     if path is None:
         return Settings()
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+    data = load_yaml(path, "settings file") or {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} holds a {type(data).__name__}, not a "
+                            "mapping of sections (seed, preprocess, radiomics, cnn, modeler)")
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from dtlr.shared.config import Settings
+from dtlr.shared.config import Settings, shipped_params
 from dtlr.shared.stage import COHORT, Unit
 from dtlr.shared.store import COHORT_PATTERN, PATIENT_ID_PATTERN
 
@@ -37,6 +37,15 @@ class TaskMessage(BaseModel):
         """The status records this task writes."""
         raise NotImplementedError
 
+    def files(self) -> list[str]:
+        """Files outside the store this task reads (a worker checks them against its roots)."""
+        out = []
+        if self.settings.radiomics.params not in shipped_params():
+            out.append(self.settings.radiomics.params)
+        if self.settings.cnn.weights not in ("imagenet", "random"):
+            out.append(self.settings.cnn.weights)
+        return out
+
 
 class ExtractMessage(TaskMessage):
     """Extract one patient: N4, pyradiomics for each reader's mask, max slices."""
@@ -49,6 +58,10 @@ class ExtractMessage(TaskMessage):
 
     def units(self) -> list[Unit]:
         return [Unit(self.cohort, self.patient_id, "extract")]
+
+    def files(self) -> list[str]:
+        return [*super().files(), self.image, self.mask,
+                *([self.mask_reader2] if self.mask_reader2 else [])]
 
     def row(self) -> dict[str, str | None]:
         """The patient's manifest fields the extraction reads."""

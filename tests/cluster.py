@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dtlr.shared import manifest
@@ -79,11 +80,12 @@ class Worker:
     """A `dtlr-worker` process serving ``store`` on ``queue``; its log is kept in memory."""
 
     def __init__(self, broker: str, store: Path, queue: str = "cpu", *extra: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, data_roots: Sequence[Path] = ()) -> None:
         self.log: list[str] = []
+        roots = [f"--data-root={p}" for p in data_roots]
         self.proc = subprocess.Popen(
             [str(BIN / "dtlr-worker"), "--queue", queue, "--broker", broker, "--store",
-             str(store), "--loglevel", "info", *extra],
+             str(store), "--loglevel", "info", *roots, *extra],
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
             start_new_session=True)

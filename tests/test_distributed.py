@@ -86,10 +86,12 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def workers(redis_server: Redis, tmp_path: Path) -> Iterator[list[Worker]]:
+def workers(redis_server: Redis, tmp_path: Path, demo_manifests: dict[str, Path]
+            ) -> Iterator[list[Worker]]:
     """Two single-process CPU workers on the test's broker, with the default settings."""
-    started = [Worker(redis_server.url, tmp_path / "store", "cpu", "--concurrency", "1")
-               for _ in range(2)]
+    demo_root = next(iter(demo_manifests.values())).parents[1]
+    started = [Worker(redis_server.url, tmp_path / "store", "cpu", "--concurrency", "1",
+                      data_roots=[demo_root]) for _ in range(2)]
     for w in started:
         w.wait_ready()
     yield started

@@ -62,9 +62,12 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server.stop()
 
 
-def start(redis_server: Redis, store: Store, queue: str, fault: str = "") -> Worker:
+def start(redis_server: Redis, store: Store, queue: str, demo: dict[str, Path],
+          fault: str = "") -> Worker:
+    """A worker of ``queue`` allowed to read the demo's files, with a fault if given."""
     worker = Worker(redis_server.url, store.root, queue, "--concurrency", "1",
-                    "--include", "tests.faults", env={"DTLR_TEST_FAULT": fault})
+                    "--include", "tests.faults", env={"DTLR_TEST_FAULT": fault},
+                    data_roots=[next(iter(demo.values())).parents[1]])
     worker.wait_ready()
     return worker
 
@@ -93,7 +96,7 @@ def test_exception_inside_extraction(demo: dict[str, Path], redis_server: Redis,
                                      tmp_path: Path) -> None:
     store = new_store(tmp_path / "store", demo)
     victim = "A003"
-    worker = start(redis_server, store, "cpu", f"extract:{victim}")
+    worker = start(redis_server, store, "cpu", demo, f"extract:{victim}")
     try:
         code, output = run_submit(store, redis_server.url, timeout=180)
     finally:
@@ -114,7 +117,7 @@ def test_pool_process_killed_on_every_attempt(demo: dict[str, Path], redis_serve
                                               tmp_path: Path) -> None:
     store = new_store(tmp_path / "store", demo)
     victim = "B002"
-    worker = start(redis_server, store, "cpu", f"extract-die:{victim}")
+    worker = start(redis_server, store, "cpu", demo, f"extract-die:{victim}")
     try:
         code, output = run_submit(store, redis_server.url, timeout=240)
     finally:
@@ -129,12 +132,13 @@ def test_pool_process_killed_on_every_attempt(demo: dict[str, Path], redis_serve
 
 
 @pytest.mark.parametrize("fault", ["finetune", "embed"])
-def test_exception_inside_a_gpu_task(fault: str, extracted: Store, redis_server: Redis,
-                                     tmp_path: Path) -> None:
+def test_exception_inside_a_gpu_task(fault: str, demo: dict[str, Path], extracted: Store,
+                                     redis_server: Redis, tmp_path: Path) -> None:
     store = copy_store(extracted, tmp_path / "store")
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_CNN)
-    workers = [start(redis_server, store, "cpu"), start(redis_server, store, "gpu", fault)]
+    workers = [start(redis_server, store, "cpu", demo),
+               start(redis_server, store, "gpu", demo, fault)]
     t0 = time.monotonic()
     try:
         code, output = run_submit(store, redis_server.url, "--train", COHORTS[0], "--config",

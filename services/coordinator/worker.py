@@ -1,6 +1,8 @@
 """``dtlr worker``: a Celery worker for the ``cpu`` queue or one GPU of the ``gpu`` queue.
 
-A worker serves one store (``--store`` / ``$DTLR_HOME``) and refuses messages naming another.
+A worker serves one store (``--store`` / ``$DTLR_HOME``) and reads inputs only from it and the
+``--data-root`` folders it was started with: a message naming another store or any file
+elsewhere is refused (and logged) before the file system is touched.
 Each task runs single-threaded by default (``--threads``), so any mix of workers on one node
 uses at most one core per task and never oversubscribes it (benchmarks/RESULTS.md, "Workers
 sharing a node"); ``--concurrency`` (default: the number of cores) gives the parallelism. The
@@ -21,7 +23,12 @@ import click
 from celery.signals import after_setup_logger, worker_process_init
 
 from dtlr.services.coordinator.dispatch import coordinator_app
-from dtlr.shared.celery_app import WORKER_STORE_ENV, broker_problem, broker_url
+from dtlr.shared.celery_app import (
+    WORKER_DATA_ROOTS_ENV,
+    WORKER_STORE_ENV,
+    broker_problem,
+    broker_url,
+)
 from dtlr.shared.cli import store_option
 from dtlr.shared.config import share_cores
 from dtlr.shared.store import Store
@@ -98,14 +105,19 @@ def _quiet(**_: object) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads per task (default 1, so workers sharing a node never fight over "
                    "its cores).")
+@click.option("--data-root", "data_roots", multiple=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A folder this worker may read images, masks and parameter files from "
+                   "(repeatable; also $DTLR_DATA_ROOTS). Messages naming any other file are "
+                   "refused.")
 @click.option("--include", "modules", multiple=True, metavar="MODULE",
               help="Load another task module as well (plugins, the test suite's stages).")
 @click.option("--broker", default=None, help="Broker URL (or set DTLR_BROKER_URL).")
 @click.option("--loglevel", default="info", show_default=True)
 @store_option
 def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | None,
-           threads: int | None, modules: tuple[str, ...], broker: str | None, loglevel: str,
-           store: Store) -> None:
+           threads: int | None, data_roots: tuple[Path, ...], modules: tuple[str, ...],
+           broker: str | None, loglevel: str, store: Store) -> None:
     """Serve the DTLR task queue QUEUE for one store.
 
     \b
@@ -129,7 +141,8 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
         count = visible_gpus()
         if count > 1:
             argv = ["--queue", "gpu", "--broker", url, "--loglevel", loglevel,
-                    "--store", str(store.root), *[f"--include={m}" for m in modules]]
+                    "--store", str(store.root), *[f"--include={m}" for m in modules],
+                    *[f"--data-root={p}" for p in data_roots]]
             if threads:
                 argv.append(f"--threads={threads}")
             run_gpu_fleet(count, argv)
@@ -144,6 +157,9 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
     concurrency = concurrency or cores
     os.environ[THREADS_ENV] = str(threads or 1)
     os.environ[WORKER_STORE_ENV] = str(Path(store.root).resolve())
+    roots = [str(p.resolve()) for p in data_roots]
+    inherited = os.environ.get(WORKER_DATA_ROOTS_ENV, "")
+    os.environ[WORKER_DATA_ROOTS_ENV] = os.pathsep.join([*roots, *filter(None, [inherited])])
     name = f"{queue}{'' if gpu is None else gpu}-{os.getpid()}@{socket.gethostname()}"
     app = coordinator_app(url, modules)
     app.worker_main(argv=["worker", "--queues", queue, "--concurrency", str(concurrency),

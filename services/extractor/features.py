@@ -8,10 +8,10 @@ from typing import Any
 
 import radiomics
 import SimpleITK as sitk
-import yaml
 from pykwalify.errors import SchemaError
 from radiomics import featureextractor, imageoperations
 
+from dtlr.shared.config import SettingsError, load_yaml
 from dtlr.shared.stage import InputError
 
 radiomics.setVerbosity(logging.ERROR)
@@ -23,7 +23,11 @@ logging.getLogger("pykwalify").setLevel(logging.CRITICAL)
 
 def load_params(path: str | Path) -> dict[str, Any]:
     """A pyradiomics parameter file as a dict (validated by pyradiomics when used)."""
-    return yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = load_yaml(Path(path), "radiomics parameter file")
+    except SettingsError as exc:
+        raise InputError(str(exc)) from exc
+    return data if isinstance(data, dict) else {}
 
 
 def make_extractor(
@@ -42,10 +46,9 @@ def check_params(path: str | Path) -> dict[str, Any]:
     ``binWidht`` refuses a run before its first patient instead of failing every one.
     """
     try:
-        params = load_params(path)
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"radiomics parameter file {path}: cannot read it as YAML ({exc})"
-                         ) from exc
+        params = load_yaml(Path(path), "radiomics parameter file")
+    except SettingsError as exc:
+        raise InputError(str(exc)) from exc
     if not isinstance(params, dict):
         raise InputError(f"radiomics parameter file {path}: holds a {type(params).__name__}, "
                          "not a mapping of sections (imageType, featureClass, setting)")
