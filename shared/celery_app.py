@@ -70,6 +70,9 @@ def broker_problem(url: str) -> str | None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
     except redis.AuthenticationError:
+        if urlsplit(url).password is None:
+            return (f"the broker at {redact(url)} needs a password: give it in the URL "
+                    "(redis://:PASSWORD@host:6379/0, in --broker or DTLR_BROKER_URL)")
         return (f"the broker at {redact(url)} refused the password: put the right one in the "
                 "URL (redis://:PASSWORD@host:6379/0, in --broker or DTLR_BROKER_URL)")
     except redis.ResponseError as exc:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -82,6 +83,21 @@ def read_feature_files(paths: Sequence[Path]) -> pd.DataFrame:
     wide = long.pivot(index=ids, columns="feature", values="value")
     return wide.reindex(columns=names).reset_index().rename_axis(columns=None)
 _KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
+
+
+TEMP_MARK = ".tmp-"  # temporary files: .<name>.tmp-<host>-<pid>-<random>
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StoreError(RuntimeError):
@@ -226,7 +242,8 @@ class Store:
         Readers never see half a file, and a failed write leaves nothing behind.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+        tag = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        tmp = path.with_name(f".{path.name}{TEMP_MARK}{tag}")
         try:
             write(tmp)
             os.replace(tmp, path)
@@ -234,6 +251,22 @@ class Store:
             raise StoreWriteError(f"cannot write {path}: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files whose writer (a process of this host) no longer exists.
+
+        A process killed mid-write (an interrupted pool, a SIGKILLed worker) leaves its
+        temporary file; live writers' files and other hosts' are never touched.
+        """
+        removed = 0
+        for tmp in self.root.rglob(f".*{TEMP_MARK}*"):
+            writer = tmp.name.rpartition(TEMP_MARK)[2].rpartition("-")[0]
+            host, _, pid = writer.rpartition("-")
+            if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+                continue
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def write_bytes(self, data: bytes, path: Path) -> None:
         """Write bytes atomically."""

@@ -8,10 +8,11 @@ workers' events (:mod:`dtlr.services.coordinator.follow`).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -20,7 +21,7 @@ from dtlr.shared.celery_app import execute, make_app
 from dtlr.shared.config import share_cores
 from dtlr.shared.messages import TaskMessage, TaskSpec
 from dtlr.shared.stage import Unit
-from dtlr.shared.store import StatusRecord
+from dtlr.shared.store import StatusRecord, Store
 
 # The task modules a worker loads: the coordinator is the one place that names the services.
 TASK_MODULES = ("dtlr.services.extractor.tasks", "dtlr.services.gpu_worker.tasks")
@@ -61,7 +62,9 @@ class Job:
 
 
 def _init_worker(threads: int) -> None:
-    """Pool worker start-up: share the cores between processes instead of oversubscribing."""
+    """Pool process start-up: share the cores, and leave Ctrl-C to the coordinator (which
+    stops the pool at once instead of letting each process finish a queued patient)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     share_cores(threads)
 
 
@@ -96,15 +99,23 @@ class Dispatch:
             yield from self._pool(jobs)
 
     def _pool(self, jobs: list[Job]) -> Iterator[StatusRecord]:
-        """A process pool sharing the cores; Ctrl-C cancels what has not started."""
+        """A process pool sharing the cores. Ctrl-C (or a failure to write the store) stops it
+        at once: running patients are killed, queued ones never start, and the temporary files
+        of the killed processes are removed, so nothing half-written is left."""
         workers = min(self.jobs, len(jobs))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,))
-        futures: set[Future[list[StatusRecord]]] = {pool.submit(_run_local, j) for j in jobs}
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker,
+                                                        initargs=(threads,))
+        finished = False
         try:
-            while futures:
-                finished, futures = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    yield from fut.result()
+            for records in pool.imap_unordered(_run_local, jobs, chunksize=1):
+                yield from records
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()
+            pool.join()
+            if not finished:
+                Store(jobs[0].message.store_root).remove_stale_temp_files()

@@ -160,6 +160,7 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
     roots = [str(p.resolve()) for p in data_roots]
     inherited = os.environ.get(WORKER_DATA_ROOTS_ENV, "")
     os.environ[WORKER_DATA_ROOTS_ENV] = os.pathsep.join([*roots, *filter(None, [inherited])])
+    store.remove_stale_temp_files()  # left by this host's workers that were killed mid-write
     name = f"{queue}{'' if gpu is None else gpu}-{os.getpid()}@{socket.gethostname()}"
     app = coordinator_app(url, modules)
     app.worker_main(argv=["worker", "--queues", queue, "--concurrency", str(concurrency),

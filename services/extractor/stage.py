@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from dtlr.services.extractor import features as rad
@@ -127,6 +129,7 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
             image, _ = n4_correct(image, settings.preprocess)
         except InputError as exc:
             raise InputError(f"image {plan.image}: {exc}") from exc
+    results = []
     for reader, mask_path in plan.masks.items():
         try:
             mask = read_mask(mask_path, image, label)
@@ -152,6 +155,25 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
         }
         table = feature_table([{"cohort": plan.cohort, "patient_id": plan.patient_id,
                                 "reader": reader}], list(values), [list(values.values())])
-        store.write_array(ms.array, store.maxslice_path(plan.cohort, reader, plan.patient_id, key))
-        store.write_table(table, store.radiomics_path(plan.cohort, reader, plan.patient_id, key),
-                          meta)
+        results.append((reader, table, meta, ms.array))
+    _write(store, plan, results)
+
+
+def _write(store: Store, plan: PatientPlan,
+           results: list[tuple[int, pa.Table, dict[str, Any], np.ndarray]]) -> None:
+    """Write every reader's features and max slice, or none: a failed write (a full disk)
+    removes what this patient's run had written, so no file is left without its status."""
+    written: list[Path] = []
+    try:
+        for reader, table, meta, array in results:
+            key = plan.keys[reader]
+            path = store.radiomics_path(plan.cohort, reader, plan.patient_id, key)
+            store.write_table(table, path, meta)
+            written.append(path)
+            path = store.maxslice_path(plan.cohort, reader, plan.patient_id, key)
+            store.write_array(array, path)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
