@@ -100,16 +100,19 @@ def describe(exc: BaseException) -> tuple[int, str]:
                       "with this message (run again with --debug for the traceback)")
 
 
-def run_command(command: click.Command, prog_name: str) -> NoReturn:
-    """Run ``command`` as a program with the one top-level error handler."""
+def run_command(command: click.Command, prog_name: str,
+                args: list[str] | None = None) -> NoReturn:
+    """Run ``command`` as a program (``args``: the command line, default ``sys.argv[1:]``)
+    with the one top-level error handler."""
     try:
-        code = command.main(prog_name=prog_name, standalone_mode=False)
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        # click's own default (1) would read as "some patients failed": nothing ran here.
+        sys.exit(EXIT_REFUSED if exc.exit_code == 1 else exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         say("interrupted", "yellow", "stopped; finished work is kept, run the same command "
                                      "again to resume")
