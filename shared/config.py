@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PARAMS_DIR = resources.files("dtlr.shared") / "params"
+MAX_VOXELS = 100_000_000  # default of preprocess.max_voxels (see there)
 
 
 class _Section(BaseModel):
@@ -23,7 +24,8 @@ class _Section(BaseModel):
 
 
 class PreprocessSettings(_Section):
-    """N4 bias-field correction (N4ITK as 3D Slicer runs it, the paper's tool)."""
+    """Reading the images (integrity, mask geometry) and N4 bias-field correction (N4ITK as
+    3D Slicer runs it, the paper's tool)."""
 
     n4: bool = True
     # Shrink factor for the finest axis; coarser axes shrink proportionally less, so 5 mm slices
@@ -33,6 +35,19 @@ class PreprocessSettings(_Section):
     n4_convergence_threshold: float = 1e-4
     n4_spline_order: int = 3
     n4_control_points: int = Field(4, ge=4)
+    # Largest image (voxels x components) a worker reads, checked on the file's header before
+    # anything is allocated, so a damaged header (a 1.4 KB NIfTI declaring 1000^3 voxels) is
+    # refused instead of exhausting the worker's memory. Extraction peaks at about 36 bytes a
+    # voxel (read, float copies, N4, pyradiomics: 310 MB on a 240 x 240 x 155 BraTS volume), so
+    # 100 M voxels need ~3.6 GB, within a 4 GB-per-core worker (16 cores, 64 GB), while the
+    # largest head MR volumes scanners write pass (0.5 mm 3D T1, 512 x 512 x 350 = 92 M).
+    # Raise it only where workers have the memory.
+    max_voxels: int = Field(MAX_VOXELS, ge=1)
+    # A mask that is neither on the image's grid (within the parameter file's
+    # geometryTolerance) nor a voxel-aligned crop of it: "strict" refuses the patient, naming
+    # both geometries; "resample" resamples the mask onto the image grid (nearest neighbour)
+    # and says so in the patient's status record.
+    mask_geometry: Literal["strict", "resample"] = "strict"
 
 
 class RadiomicsSettings(_Section):

@@ -9,9 +9,10 @@ import click
 import pandas as pd
 
 from dtlr.services.extractor import features as rad
-from dtlr.services.extractor.io import read_image, read_mask
+from dtlr.services.extractor.geometry import tolerance_of
+from dtlr.services.extractor.io import read_image, read_mask_noted
 from dtlr.services.extractor.preprocess import n4_correct
-from dtlr.shared.config import PreprocessSettings, RadiomicsSettings
+from dtlr.shared.config import MAX_VOXELS, PreprocessSettings, RadiomicsSettings
 from dtlr.shared.stage import InputError
 
 
@@ -26,15 +27,23 @@ from dtlr.shared.stage import InputError
               help="pyradiomics parameter file (YAML), or a shipped name.")
 @click.option("--n4/--no-n4", default=True, show_default=True,
               help="N4 bias-field correction before extraction.")
+@click.option("--mask-geometry", type=click.Choice(["strict", "resample"]), default="strict",
+              show_default=True,
+              help="A mask off the image's grid (and not a voxel-aligned crop of it): refuse it, "
+                   "or resample it onto the image grid (nearest neighbour).")
+@click.option("--max-voxels", type=click.IntRange(min=1), default=MAX_VOXELS, show_default=True,
+              help="Refuse files whose header declares more voxels (checked before reading).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write .csv or .parquet (default: CSV on standard output).")
 def extract(image: Path, mask: Path, label: int | None, params: str, n4: bool,
-            out: Path | None) -> None:
+            mask_geometry: str, max_voxels: int, out: Path | None) -> None:
     """Extract radiomics features for one IMAGE and MASK.
 
     Resampling, filters and feature classes come from the parameter file, as in pyradiomics;
     the output has one row and one column per feature, named as pyradiomics names them
-    (e.g. original_glcm_Autocorrelation).
+    (e.g. original_glcm_Autocorrelation). Damaged or oversized files, NaN/Inf or constant
+    images, and a mask off the image's grid (unless --mask-geometry resample; a voxel-aligned
+    crop is placed into the grid) are refused, as in `dtlr submit`.
     """
     try:
         params_path = RadiomicsSettings(params=params).params_path()
@@ -43,12 +52,18 @@ def extract(image: Path, mask: Path, label: int | None, params: str, n4: bool,
     config = rad.load_params(params_path)
     if label is not None:
         config.setdefault("setting", {})["label"] = label
+    pre = PreprocessSettings(max_voxels=max_voxels, mask_geometry=mask_geometry)
     try:
         extractor = rad.make_extractor(config)
-        img = read_image(image)
+        img = read_image(image, pre.max_voxels)
+        roi, note = read_mask_noted(mask, img, rad.mask_label(extractor),
+                                    policy=pre.mask_geometry,
+                                    tolerance=tolerance_of(extractor.settings),
+                                    max_voxels=pre.max_voxels)
+        if note:
+            click.echo(f"{mask}: mask {note}", err=True)
         if n4:
-            img, _ = n4_correct(img, PreprocessSettings())
-        roi = read_mask(mask, img, rad.mask_label(extractor))
+            img, _ = n4_correct(img, pre)
         values, _ = rad.extract(extractor, img, roi)
     except (InputError, ValueError, RuntimeError) as exc:
         raise click.ClickException(f"{image} / {mask}: {exc}") from exc

@@ -1,4 +1,11 @@
-"""Reading images and masks: anything SimpleITK reads, including a DICOM series folder."""
+"""Reading images and masks: anything SimpleITK reads, including a DICOM series folder.
+
+Every file is checked before SimpleITK allocates it (services/extractor/integrity.py): the
+voxel count its header declares against ``preprocess.max_voxels``, data cut short or
+corrupted where SimpleITK would read it silently, a DICOM series' slice positions; an image's
+voxels are then checked for NaN, Inf and a single value. Masks are put on the image's grid by
+the geometry policy (services/extractor/geometry.py).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,20 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from dtlr.services.extractor import integrity
+from dtlr.services.extractor.geometry import SITK_DEFAULT_TOLERANCE, Policy, fit_mask
+from dtlr.shared.config import MAX_VOXELS
 from dtlr.shared.stage import InputError
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read a volume from a file (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM series."""
-    path = Path(path)
+def _reason(exc: RuntimeError) -> str:
+    """SimpleITK's error without its C++ source location line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception thrown in")]
+    return " ".join(lines)[-300:] or "no reason given"
+
+
+def _read(path: Path, max_voxels: int) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: file not found; fix the path in the manifest")
     try:
@@ -24,19 +39,55 @@ def read_image(path: str | Path) -> sitk.Image:
             if len(series) > 1:
                 raise InputError(f"{path}: folder holds {len(series)} DICOM series; give each "
                                  "series its own folder")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+            integrity.check_series(path, files, max_voxels)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(files)
             return reader.Execute()
+        integrity.check_declared_size(path, max_voxels)
+        integrity.check_file_data(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        last = str(exc).strip().splitlines()[-1][:200]
-        raise InputError(f"{path}: SimpleITK cannot read it ({last}); re-export it as NIfTI, "
-                         "NRRD or MHA") from exc
+        nifti2 = integrity.nifti_version(path) == 2
+        hint = ("it is NIfTI-2, which this SimpleITK cannot read; save it as NIfTI-1 (most "
+                "volumes fit), NRRD or MHA" if nifti2 else "if it was cut short or damaged in "
+                "transfer, copy it again from its source; else re-export it as NIfTI, NRRD "
+                "or MHA")
+        raise InputError(f"{path}: SimpleITK cannot read it ({_reason(exc)}); {hint}") from exc
 
 
-def read_mask(path: str | Path, image: sitk.Image, label: int) -> sitk.Image:
-    """Read a label map as UInt8-compatible integers and check it can be used with ``image``."""
-    mask = read_image(path)
+def read_image(path: str | Path, max_voxels: int = MAX_VOXELS) -> sitk.Image:
+    """Read a volume from a file (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM series.
+
+    Refuses (InputError) a file too large, damaged or cut short, a DICOM series with missing,
+    duplicated or unevenly spaced slices, and NaN/Inf voxels or a single value everywhere.
+    """
+    path = Path(path)
+    image = _read(path, max_voxels)
+    integrity.check_values(image, path)
+    return image
+
+
+def read_mask(path: str | Path, image: sitk.Image, label: int, *, policy: Policy = "strict",
+              tolerance: float = SITK_DEFAULT_TOLERANCE, max_voxels: int = MAX_VOXELS
+              ) -> sitk.Image:
+    """Read a label map as UInt8/UInt32 on the image's grid (see :func:`read_mask_noted`)."""
+    return read_mask_noted(path, image, label, policy=policy, tolerance=tolerance,
+                           max_voxels=max_voxels)[0]
+
+
+def read_mask_noted(path: str | Path, image: sitk.Image, label: int, *,
+                    policy: Policy = "strict", tolerance: float = SITK_DEFAULT_TOLERANCE,
+                    max_voxels: int = MAX_VOXELS) -> tuple[sitk.Image, str]:
+    """Read a label map as UInt8/UInt32 on the image's grid, and a note on how it got there.
+
+    The note is "" for a mask on the image's grid, else what the geometry policy did (a crop
+    placed into the grid, or a resampling the policy allows); a mismatch it refuses is an
+    InputError naming both geometries (services/extractor/geometry.py). ``tolerance`` is the
+    parameter file's geometryTolerance (:func:`~dtlr.services.extractor.geometry.tolerance_of`).
+    """
+    path = Path(path)
+    mask = _read(path, max_voxels)
     if mask.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: mask has {mask.GetNumberOfComponentsPerPixel()} components; "
                          "save it as a single-component label map")
@@ -50,4 +101,5 @@ def read_mask(path: str | Path, image: sitk.Image, label: int) -> sitk.Image:
     if mask.GetDimension() != image.GetDimension():
         raise InputError(f"{path}: mask is {mask.GetDimension()}-D but the image is "
                          f"{image.GetDimension()}-D; save both as 3-D volumes")
-    return sitk.Cast(mask, sitk.sitkUInt32 if arr.max() > 255 else sitk.sitkUInt8)
+    mask = sitk.Cast(mask, sitk.sitkUInt32 if arr.max() > 255 else sitk.sitkUInt8)
+    return fit_mask(mask, image, policy=policy, tolerance=tolerance, label=label, path=path)

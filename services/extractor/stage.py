@@ -15,7 +15,8 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from dtlr.services.extractor import features as rad
-from dtlr.services.extractor.io import read_image, read_mask
+from dtlr.services.extractor.geometry import tolerance_of
+from dtlr.services.extractor.io import read_image, read_mask_noted
 from dtlr.services.extractor.maxslice import max_slice
 from dtlr.services.extractor.preprocess import n4_correct, one_thread
 from dtlr.shared.config import Settings
@@ -26,7 +27,9 @@ from dtlr.shared.store import StatusRecord, Store, feature_table
 
 STAGE = "extract"
 # Bump when this stage's code changes its outputs: every cached result is then recomputed.
-CODE_VERSION = "extract-1"
+# extract-2: masks go through the geometry policy (a crop is placed into the image grid, a
+# mismatch is refused or resampled by DTLR, never by pyradiomics' correctMask).
+CODE_VERSION = "extract-2"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ def stage_parameters(settings: Settings) -> dict[str, Any]:
     """Everything in the settings that changes this stage's outputs (part of the key)."""
     params_path = settings.radiomics.params_path()
     return {
-        "preprocess": settings.preprocess.model_dump(mode="json"),
+        # max_voxels only refuses inputs, it never changes an output
+        "preprocess": settings.preprocess.model_dump(mode="json", exclude={"max_voxels"}),
         "radiomics_params": rad.load_params(params_path),
         "maxslice": settings.maxslice.model_dump(mode="json"),
         "code": CODE_VERSION,
@@ -109,32 +113,46 @@ def extract_patient(store: Store, row: dict[str, Any], settings: Settings,
         else:
             run.start()
             with one_thread(), threadpool_limits(limits=1):
-                _run(store, plan, settings)
+                run.message = "; ".join(_run(store, plan, settings))
     assert run.record is not None
     return run.record
 
 
-def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
-    """The work itself: read, correct, then features and max slice per reader."""
+def _run(store: Store, plan: PatientPlan, settings: Settings) -> list[str]:
+    """The work itself: read and check, correct, then features and max slice per reader.
+
+    Returns notes for the done record: what the mask geometry policy did for each reader.
+    """
     extractor = rad.make_extractor(settings.radiomics.params_path())
     label = rad.mask_label(extractor)
-    image = read_image(plan.image)
+    pre = settings.preprocess
+    try:
+        image = read_image(plan.image, pre.max_voxels)
+    except InputError as exc:
+        raise InputError(f"image {exc}") from exc
     if image.GetDimension() != 3:
         raise InputError(f"image {plan.image} is {image.GetDimension()}-D; DTLR needs 3-D volumes")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"image {plan.image} has several components per voxel; give one "
                          "grey-level MR volume")
-    if settings.preprocess.n4:
+    masks, notes = {}, []
+    for reader, mask_path in plan.masks.items():
         try:
-            image, _ = n4_correct(image, settings.preprocess)
+            masks[reader], note = read_mask_noted(
+                mask_path, image, label, policy=pre.mask_geometry,
+                tolerance=tolerance_of(extractor.settings), max_voxels=pre.max_voxels)
+        except InputError as exc:
+            raise InputError(f"reader {reader} mask {exc}") from exc
+        if note:
+            notes.append(f"reader {reader} mask {note}")
+    if pre.n4:
+        try:
+            image, _ = n4_correct(image, pre)
         except InputError as exc:
             raise InputError(f"image {plan.image}: {exc}") from exc
     results = []
     for reader, mask_path in plan.masks.items():
-        try:
-            mask = read_mask(mask_path, image, label)
-        except InputError as exc:
-            raise InputError(f"reader {reader}: {exc}") from exc
+        mask = masks[reader]
         try:
             values, diagnostics = rad.extract(extractor, image, mask)
             resampled, resampled_mask = rad.resample_like_pyradiomics(
@@ -157,6 +175,7 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> None:
                                 "reader": reader}], list(values), [list(values.values())])
         results.append((reader, table, meta, ms.array))
     _write(store, plan, results)
+    return notes
 
 
 def _write(store: Store, plan: PatientPlan,
