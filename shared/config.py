@@ -89,6 +89,10 @@ class CNNSettings(_Section):
     profile: Literal["auto", "paper", "quick"] = "auto"
     weights: str = "imagenet"  # "imagenet" (torchvision cache), "random", or a state-dict path
     protocol: Literal["leakage-safe", "paper"] = "leakage-safe"
+    # Leakage-safe protocol: each training patient's DTL features come from one of this many
+    # CNNs, each fine-tuned without that patient's fold (test cohorts: the CNN fine-tuned on
+    # the whole training cohort). 0 or 1: the training patients' own CNN (in-sample).
+    crossfit_folds: int = Field(5, ge=0, le=20)
     epochs: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=2)  # >= 2: batch-norm statistics need two samples
     lr: float | None = Field(None, gt=0)

@@ -74,6 +74,7 @@ class FinetuneMessage(TaskMessage):
 
     cohort: CohortName
     extra_cohorts: list[CohortName] = []
+    fold: int | None = Field(None, ge=0, le=100)  # a cross-fitted CNN leaving out this fold
 
     def units(self) -> list[Unit]:
         return [Unit(self.cohort, COHORT, "finetune")]

@@ -144,37 +144,54 @@ def run_extraction(store: Store, cohorts: list[str], settings: Settings, submiss
 
 def run_finetune(store: Store, train: str, cohorts: list[str], settings: Settings,
                  submission: str, dispatch: Dispatch) -> tuple[str | None, StageSummary]:
-    """Fine-tune the CNN on ``train`` (reused when an identical model exists); its model id.
+    """Fine-tune the CNN on ``train`` and, leakage-safe, its cross-fitted fold CNNs.
 
-    The id is planned here when possible, so an identical model is reused without a task; a
-    worker on other hardware may plan another id (another precision), which its record says.
+    One task per CNN (``cnn.crossfit_folds`` + 1 of them; several GPUs, or local processes,
+    train them at once); CNNs whose model id is finished in the store are reused without a
+    task. The ids are planned here; a worker on other hardware may plan another id (another
+    precision), which its record says and which is then used. When every CNN is done, the
+    cross-fitting record (which fold CNN embeds which training patient) is written with the
+    CNN's model.json. Returns the CNN's model id (None when any fine-tuning failed).
     """
     from dtlr.services.gpu_worker import run as gpu
 
     t0 = time.perf_counter()
     summary = StageSummary("finetune")
     extra = [c for c in cohorts if c != train]
-    unit = Unit(train, COHORT, "finetune")
-    try:
-        plan = gpu.plan_finetune(store, train, settings, extra)
-    except gpu.TrainingDataError as exc:
-        record = failure_record(unit, exc, submission)
-        store.write_status(record)
+    folds = gpu.crossfit_folds(settings)
+    wanted: list[int | None] = [None, *range(folds)]
+    ids: dict[int | None, str] = {}
+    jobs = []
+    for fold in wanted:
+        try:
+            plan = gpu.plan_finetune(store, train, settings, extra, fold)
+        except gpu.TrainingDataError as exc:
+            record = failure_record(Unit(train, COHORT, "finetune"), exc, submission)
+            store.write_status(record)
+            summary.ran.append(record)
+            return None, summary
+        if gpu.is_trained(store, plan.model_id):
+            ids[fold] = plan.model_id
+            record = store.read_status(train, COHORT, "finetune", plan.model_id)
+            summary.skipped.append(record or StatusRecord(train, COHORT, "finetune", "done",
+                                                          key=plan.model_id))
+            continue
+        message = FinetuneMessage(store_root=str(store.root), submission=submission,
+                                  settings=settings, cohort=train, extra_cohorts=extra,
+                                  fold=fold)
+        jobs.append(Job(TASKS["dtlr.finetune"], message, gpu_tasks.finetune,
+                        units=[Unit(train, COHORT, "finetune", plan.model_id)]))
+    for record in dispatch.run(jobs, parallel=True):
         summary.ran.append(record)
-        return None, summary
-    if gpu.is_trained(store, plan.model_id):
-        record = store.read_status(train, COHORT, "finetune", plan.model_id)
-        summary.skipped.append(record or StatusRecord(train, COHORT, "finetune", "done",
-                                                      key=plan.model_id))
-        return plan.model_id, summary
-    message = FinetuneMessage(store_root=str(store.root), submission=submission,
-                              settings=settings, cohort=train, extra_cohorts=extra)
-    job = Job(TASKS["dtlr.finetune"], message, gpu_tasks.finetune,
-              units=[Unit(train, COHORT, "finetune", plan.model_id)])
-    summary.ran.extend(dispatch.run([job]))
+        if record.state == "done":
+            fold_text = record.inputs.get("fold", "")
+            ids[int(fold_text) if fold_text else None] = record.key
     summary.seconds = time.perf_counter() - t0
-    done = [r for r in summary.ran if r.state == "done"]
-    return (done[0].key if done else None), summary
+    if summary.failed or any(f not in ids for f in wanted):
+        return None, summary
+    if folds:
+        gpu.write_crossfit(store, ids[None], train, settings, [ids[f] for f in range(folds)])
+    return ids[None], summary
 
 
 def embedding_jobs(store: Store, cohorts: Sequence[str], model_id: str, settings: Settings,

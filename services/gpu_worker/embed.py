@@ -71,7 +71,7 @@ def read_model_info(store: Store, model_id: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)  # a cross-fitted feature set uses its CNN and its fold CNNs
 def _load(checkpoint: str, mtime_ns: int, dropout: float, device: str,
           channels_last: bool) -> DTLNet:
     """The checkpoint on ``device``, kept for the next batch of this worker (mtime in the key)."""
@@ -87,6 +87,31 @@ def load_model(store: Store, model_id: str, runtime: Runtime) -> LoadedModel:
     net = _load(str(path), path.stat().st_mtime_ns, float(info["dropout"]), str(runtime.device),
                 runtime.channels_last)
     return LoadedModel(model_id, net, info, info.get("checkpoint_sha256") or file_digest(path))
+
+
+def crossfit_path(store: Store, model_id: str) -> Path:
+    """models/<model_id>/crossfit.json: the fold CNNs behind a model's training features."""
+    return store.model_dir(model_id) / "crossfit.json"
+
+
+def read_crossfit(store: Store, model_id: str) -> dict[str, Any] | None:
+    """The cross-fitting record of a CNN, or None when its training features are in-sample."""
+    path = crossfit_path(store, model_id)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def computing_model(crossfit: dict[str, Any] | None, cohort: str, patient_id: str,
+                    model_id: str) -> str:
+    """Which CNN computes a patient's features of ``model_id``'s feature set.
+
+    A training patient of a cross-fitted CNN is embedded by the fold CNN that never saw it;
+    every other patient by the CNN itself.
+    """
+    if crossfit is not None and cohort == crossfit["train_cohort"]:
+        fold = crossfit["assignment"].get(patient_id)
+        if fold is not None:
+            return str(crossfit["fold_models"][fold])
+    return model_id
 
 
 def embed_images(net: DTLNet, images: torch.Tensor, runtime: Runtime) -> np.ndarray:
@@ -129,6 +154,8 @@ def embed_cohort(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtim
                  submission: str = "") -> list[StatusRecord]:
     """Embed (or skip) the cohort's patients, write their files and status records.
 
+    Features belong to ``loaded``'s feature set (features/dtl/cohort=<c>/model=<its id>/); a
+    training patient of a cross-fitted CNN is computed by its fold CNN (:func:`computing_model`).
     A patient without a usable reader-1 max slice gets a failed status saying why; the others
     are embedded. Only a failure to write into the store propagates (StoreWriteError).
     """
@@ -138,8 +165,9 @@ def embed_cohort(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtim
     for ref in list_slices(store, cohort, readers=(1, 2), patient_ids=wanted):
         by_patient.setdefault(ref.patient_id, {})[ref.reader] = ref
     records: list[StatusRecord] = []
-    todo: list[_Todo] = []
-    model_inputs = {"model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256}
+    crossfit = read_crossfit(store, loaded.model_id)
+    models = {loaded.model_id: loaded}
+    todo: dict[str, list[_Todo]] = {}
     for pid in wanted:
         slices = by_patient.get(pid, {})
         if pid not in known or 1 not in slices:
@@ -148,25 +176,33 @@ def embed_cohort(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtim
                    "no max slice in the store; its extraction failed or has not run (see "
                    "`dtlr status`); fix that and re-submit")
             record = failure_record(Unit(cohort, pid, STAGE), InputError(why), submission,
-                                    inputs=model_inputs)
+                                    inputs={"model_id": loaded.model_id})
             store.write_status(record)
             records.append(record)
             continue
-        key = embedding_key(loaded, slices, runtime)
+        computing = computing_model(crossfit, cohort, pid, loaded.model_id)
+        if computing not in models:
+            models[computing] = load_model(store, computing, runtime)
+        model = models[computing]
+        key = embedding_key(model, slices, runtime)
         status = store.read_status(cohort, pid, STAGE)
         if (status is not None and status.state == "done" and status.key == key
                 and store.dtl_path(cohort, loaded.model_id, pid, key).is_file()):
             records.append(status)
             continue
-        todo.append(_Todo(pid, slices, key, {**model_inputs, **_Todo.slice_keys(slices)}))
-    if todo:
-        records += _embed(store, cohort, loaded, runtime, todo, submission)
+        inputs = {"model_id": loaded.model_id, "computed_by": computing,
+                  "checkpoint_sha256": model.checkpoint_sha256, **_Todo.slice_keys(slices)}
+        todo.setdefault(computing, []).append(_Todo(pid, slices, key, inputs))
+    for computing, items in todo.items():
+        records += _embed(store, cohort, loaded.model_id, models[computing], runtime, items,
+                          submission)
     return records
 
 
-def _embed(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtime,
+def _embed(store: Store, cohort: str, feature_set: str, loaded: LoadedModel, runtime: Runtime,
            todo: list[_Todo], submission: str) -> list[StatusRecord]:
-    """Compute and write the features of the patients in ``todo`` (one batch)."""
+    """Compute the features of the patients in ``todo`` with ``loaded`` (one batch) and write
+    them into the feature set ``feature_set`` (a model id)."""
     t0 = time.perf_counter()
     units = [Unit(cohort, t.patient_id, STAGE) for t in todo]
     attempts = [0] * len(todo)
@@ -185,7 +221,8 @@ def _embed(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtime,
             store.write_status(record)
         return failed
     share = (time.perf_counter() - t0) / len(todo)
-    meta_common = {"model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256,
+    meta_common = {"model_id": feature_set, "computed_by": loaded.model_id,
+                   "checkpoint_sha256": loaded.checkpoint_sha256,
                    "image_size": loaded.image_size, "code": CODE_VERSION,
                    "versions": versions(STAGE), "runtime": runtime.describe()}
     ends = list(itertools.accumulate(len(t.slices) for t in todo))
@@ -200,9 +237,9 @@ def _embed(store: Store, cohort: str, loaded: LoadedModel, runtime: Runtime,
             if bad:
                 raise InputError("; ".join(bad))
             ids = [{"cohort": cohort, "patient_id": t.patient_id, "reader": r,
-                    "model_id": loaded.model_id} for r in sorted(t.slices)]
+                    "model_id": feature_set} for r in sorted(t.slices)]
             table = feature_table(ids, COLUMNS, feats[lo:hi])
-            store.write_table(table, store.dtl_path(cohort, loaded.model_id, t.patient_id, t.key),
+            store.write_table(table, store.dtl_path(cohort, feature_set, t.patient_id, t.key),
                               {**meta_common, "key": t.key, "maxslice_keys": t.inputs})
         assert run.record is not None
         return run.record

@@ -21,7 +21,7 @@ def finetune(message: FinetuneMessage) -> list[StatusRecord]:
     from dtlr.services.gpu_worker import run
 
     return [run.finetune(Store(message.store_root), message.cohort, message.settings,
-                         message.extra_cohorts, message.submission)]
+                         message.extra_cohorts, message.submission, message.fold)]
 
 
 def embed(message: EmbedMessage) -> list[StatusRecord]:

@@ -102,6 +102,8 @@ def fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     """Fine-tune ``model`` in place and leave it holding the chosen epoch's weights.
 
     ``train_x``/``val_x``: (N, 1, S, S) uint8 on the runtime's device; ``*_y``: float 0/1.
+    Without validation slices (protocol paper: every slice is trained on) the last epoch is
+    kept and the log's validation columns are NaN.
     """
     device, prof = runtime.device, runtime.profile
     t_setup = time.perf_counter()
@@ -115,6 +117,7 @@ def fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     gen = torch.Generator(device=device).manual_seed(seed)
     loss_sum = torch.zeros((), device=device)
     val_host = val_y.cpu().numpy()
+    validate = val_x.shape[0] > 0
     eager = _make_step(model, opt, train_x, train_y, loss_sum, runtime, in_graph=False)
     graph: torch.cuda.CUDAGraph | None = None
     static_idx = torch.zeros(batch, dtype=torch.long, device=device)
@@ -152,6 +155,13 @@ def fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
                     opt.zero_grad(set_to_none=True)
                     eager(order[s], uniforms[s])
             model.eval()
+            if not validate:  # protocol paper: no held-out slices, the last epoch is kept
+                train_loss = float((loss_sum / steps).cpu())
+                loss_sum.zero_()
+                log.append(EpochLog(epoch, train_loss, math.nan, math.nan,
+                                    round(time.perf_counter() - t0, 4)))
+                chosen = epoch
+                continue
             val_logits = batched(model, val_x, runtime, prof.embed_batch_size)
             val_loss = binary_cross_entropy_with_logits(val_logits, val_y)
             host = torch.cat([(loss_sum / steps).view(1), val_loss.view(1), val_logits]).cpu()
@@ -164,7 +174,8 @@ def fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
                 best = (auc, entry.val_loss)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 chosen = epoch
-    model.load_state_dict(best_state)
+    if validate:
+        model.load_state_dict(best_state)
     model.eval()
     seconds = {"setup": t_epochs - t_setup, "epochs": time.perf_counter() - t_epochs}
     return FitResult(log=log, chosen_epoch=chosen,

@@ -24,16 +24,13 @@ from dtlr.shared.store import Store, StoreError
 @click.option("--dtl-model", default=None,
               help="CNN model id whose DTL features to use (needed only when several exist).")
 @click.option("--run-id", default=None, help="Run id (default: a content key of the inputs).")
-@click.option("--protocol", type=click.Choice(["leakage-safe", "paper"]), default=None,
-              help="How the CNN behind the DTL features was fine-tuned (default: settings).")
 @store_option
 @settings_option
 def model(train: str, tests: tuple[str, ...], dtl_model: str | None, run_id: str | None,
-          protocol: str | None, store: Store, settings: Settings) -> None:
+          store: Store, settings: Settings) -> None:
     """Fit the clinical, radiomics, DTL models and nomogram on TRAIN; evaluate; report."""
     try:
-        result = run_modeler(store, train, list(tests), settings, dtl_model, run_id,
-                             protocol=protocol)  # type: ignore[arg-type]
+        result = run_modeler(store, train, list(tests), settings, dtl_model, run_id)
     except (KeyError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
     render_table3(result.table3, Console())

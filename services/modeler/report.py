@@ -24,16 +24,6 @@ from dtlr.shared.report import ReportSection, esc, figure_html, fmt_ci, fmt_p, h
 
 FAMILY_LABELS = {"radiomics": "Radiomics", "dtl": "DTL"}
 SCORE_TITLES = {"radiomics": ("Formula 1", "Rad score"), "dtl": ("Formula 2", "DTL score")}
-PROTOCOLS = {
-    "leakage-safe": "Protocol: leakage-safe. Every fitted step (ICC filter, z-score, Spearman "
-                    "filter, LASSO, SVMs, logistic regressions, decision thresholds, and the CNN "
-                    "fine-tuning that produced any DTL features) saw the training cohort only; "
-                    "test cohorts were only scored.",
-    "paper": "Protocol: paper. The CNN that produced the DTL features was fine-tuned on the "
-             "training and test cohorts' slices together, as Li et al. did, so test-cohort DTL "
-             "results are optimistic; every modeler step (ICC, z-score, Spearman, LASSO, SVMs, "
-             "logistic regressions, thresholds) saw the training cohort only.",
-}
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;max-width:1200px;margin:1.5em auto;color:#222;
 font-size:14px;line-height:1.4}
@@ -60,7 +50,7 @@ class ReportInputs:
 
     run_id: str
     created: str
-    protocol: str
+    protocol: str  # the first line: what was done, from the records (modeler/protocol.py)
     model: DTLRModel
     train: CohortData
     tests: list[CohortData]
@@ -353,7 +343,7 @@ class _Report:
         self.nomogram()
         self.extra()
         self.provenance()
-        protocol = PROTOCOLS[self.inp.protocol]
+        protocol = self.inp.protocol
         return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
                 f"<title>DTLR report {esc(self.inp.run_id)}</title><style>{_CSS}</style></head>"
                 f'<body>\n<p class="protocol">{esc(protocol)}</p>\n'

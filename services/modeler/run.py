@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,9 @@ from dtlr.services.modeler.evaluate import CohortEvaluation, evaluate_cohort, ta
 from dtlr.services.modeler.models import SCORE_NAMES, DTLRModel
 from dtlr.services.modeler.nomogram import nomogram_scale, patient_points
 from dtlr.services.modeler.persist import load_model, save_model
+from dtlr.services.modeler.protocol import Protocol
+from dtlr.services.modeler.protocol import describe as describe_protocol
+from dtlr.services.modeler.protocol import resolve as resolve_protocol
 from dtlr.services.modeler.report import ReportInputs, render_report
 from dtlr.shared.config import Settings
 from dtlr.shared.hashing import content_key
@@ -35,7 +37,6 @@ from dtlr.shared.stage import InputError
 from dtlr.shared.store import Store
 
 CODE_VERSION = "modeler-1"
-Protocol = Literal["leakage-safe", "paper"]
 
 
 @dataclass
@@ -52,7 +53,8 @@ class RunResult:
 
 
 def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortData],
-                       settings: Settings, protocol: str, run_id: str, created: str) -> dict:
+                       settings: Settings, protocol: Protocol, run_id: str,
+                       created: str) -> dict:
     """modeler.json: everything needed to understand (not to execute) the fitted model."""
     families = {}
     for family in model.families_:
@@ -72,7 +74,10 @@ def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortDa
     scale = nomogram_scale(model)
     return {
         "run_id": run_id, "created": created, "code_version": CODE_VERSION,
-        "protocol": protocol, "train": train.cohort, "tests": [t.cohort for t in tests],
+        "protocol": protocol.name, "protocol_record": protocol.record(),
+        "protocol_text": describe_protocol(protocol, train.cohort, [t.cohort for t in tests],
+                                           train.dtl_model_id),
+        "train": train.cohort, "tests": [t.cohort for t in tests],
         "dtl_model_id": train.dtl_model_id, "settings": settings.model_dump(mode="json"),
         "versions": versions("model"),
         "inputs": {d.cohort: d.input_keys for d in [train, *tests]},
@@ -95,15 +100,16 @@ def run_modeler(
     run_id: str | None = None,
     *,
     dtl: bool = True,
-    protocol: Protocol | None = None,
     extra_sections: Callable[[], Sequence[ReportSection]] = tuple,
     on_run_id: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Fit every model on ``train``, evaluate on it and on each of ``tests``, write the report.
 
     DTL features come from ``dtl_model_id``, or from the one CNN with features in the store;
-    ``dtl=False`` leaves them out. ``protocol`` (default: ``settings.cnn.protocol``) says how
-    the CNN behind the DTL features was fine-tuned; it is stated on the report's first line.
+    ``dtl=False`` leaves them out. The protocol is read from the CNN's records (what it was
+    fine-tuned on, cross-fitted or not; :mod:`.protocol`), or from ``settings.cnn.protocol``
+    without DTL features; the report's first line states it, and protocol "paper" fits the
+    nomogram on in-sample scores, as the paper did.
     ``extra_sections`` builds the sections appended under "Deep transfer learning" (the GPU
     stage's CNN metrics and Grad-CAM); it is only called when a report is written.
     ``on_run_id`` learns the run id as soon as it is known (the coordinator's status record is
@@ -123,9 +129,11 @@ def run_modeler(
         for d in test_data:
             if not any(c.startswith("dtl:") for c in d.X.columns):
                 raise InputError(f"test cohort {d.cohort!r} has no DTL features of {dtl_id!r}")
-    protocol = protocol or settings.cnn.protocol
+    protocol = resolve_protocol(store, dtl_id, settings)
+    settings = settings.model_copy(update={"modeler": settings.modeler.model_copy(
+        update={"nomogram_scores": protocol.nomogram_scores})})
     run_id = run_id or f"{train}-" + content_key(
-        CODE_VERSION, train, tests, dtl_id, protocol, settings.model_dump(mode="json"),
+        CODE_VERSION, train, tests, dtl_id, protocol.record(), settings.model_dump(mode="json"),
         {d.cohort: d.input_keys for d in [train_data, *test_data]}, length=12)
     if on_run_id is not None:
         on_run_id(run_id)
@@ -164,7 +172,8 @@ def run_modeler(
     store.refresh_catalog()
     clock.lap("save")
     html = render_report(ReportInputs(
-        run_id=run_id, created=created, protocol=protocol, model=model, train=train_data,
+        run_id=run_id, created=created,
+        protocol=describe_protocol(protocol, train, tests, dtl_id), model=model, train=train_data,
         tests=test_data, evaluations=evaluations, table3=t3,
         settings={"seed": settings.seed, **settings.modeler.model_dump(mode="json")},
         versions=versions("model"), extra_sections=extra_sections()))

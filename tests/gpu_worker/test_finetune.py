@@ -62,9 +62,10 @@ def test_validation_split_is_stratified_and_from_the_training_cohort(
     assert len(fit) + len(val) == len(refs)
     assert {r.label for r in val} == {0, 1}
     assert split_validation(refs, 0.2, seed=7) == (fit, val)
+    # Protocol paper, as Li et al.: every labelled slice of every cohort, no validation split.
     plan = run.plan_finetune(store, "train", tiny_settings(protocol="paper"), ["test"])
-    assert {r.cohort for r in plan.val} == {"train"}
-    assert {r.cohort for r in plan.fit} == {"train", "test"}
+    assert plan.val == []
+    assert len(plan.fit) == len(refs) + len(list_slices(store, "test"))
 
 
 def test_test_slices_reach_training_only_with_protocol_paper(
@@ -90,8 +91,10 @@ def test_test_slices_reach_training_only_with_protocol_paper(
     assert info["extra_cohorts"] == ["test"]
     assert any("Protocol 'paper'" in n for n in info["notes"])
     fit_cohorts = np.array([row[0] for row in info["training_slices"]["fit"]])
-    assert (fit_cohorts == "test").sum() == 12
-    assert {row[0] for row in info["training_slices"]["validation"]} == {"train"}
+    assert (fit_cohorts == "test").sum() == 12 and (fit_cohorts == "train").sum() == 24
+    assert info["training_slices"]["validation"] == [] and info["validation"] is False
+    log = json.loads((stores[0].model_dir(pids[0]) / "train_log.json").read_text())
+    assert log["chosen_epoch"] == 1 and np.isnan(log["epochs"][0]["val_auc"])
 
 
 def test_unusable_inputs_fail_with_a_message(tmp_path: Path, make_store: Callable[..., Store],

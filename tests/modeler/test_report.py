@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from dtlr.services.modeler.run import RunResult, render_table3, run_modeler
-from dtlr.shared.config import Settings
+from dtlr.shared.config import CNNSettings, Settings
 from dtlr.shared.report import ReportSection, fmt_ci
 from tests.synthetic.cohorts import SyntheticStore, build_store
 
@@ -120,9 +121,15 @@ def test_terminal_table3_lists_every_model_of_every_cohort(run: Run) -> None:
 
 
 def test_paper_protocol_is_stated_on_the_first_line(run: Run) -> None:
-    result = run_modeler(run.syn.store, "A", ["B"], Settings(), run_id="paper-protocol",
-                         protocol="paper")
+    paper = Settings(cnn=CNNSettings(protocol="paper"))
+    result = run_modeler(run.syn.store, "A", ["B"], paper, run_id="paper-protocol")
     body = result.report_path.read_text().split("<body>", 1)[1].lstrip()
     assert body.startswith('<p class="protocol">Protocol: paper.')
+    assert "the nomogram was fitted on in-sample Rad/DTL scores" in body.split("</p>")[0]
     assert result.run_id == "paper-protocol"
-    np.testing.assert_allclose(result.table3["auc"], run.result.table3["auc"])
+    meta = json.loads((result.model_dir / "modeler.json").read_text())
+    assert meta["protocol"] == "paper" and meta["protocol_record"]["nomogram_scores"] == \
+        "in-sample"
+    # The SVMs do not depend on the nomogram's scores: same AUCs as the leakage-safe run.
+    same = run.result.table3["model"] != "nomogram"
+    np.testing.assert_allclose(result.table3["auc"][same], run.result.table3["auc"][same])
