@@ -9,7 +9,7 @@ from typing import Any
 import radiomics
 import SimpleITK as sitk
 from pykwalify.errors import SchemaError
-from radiomics import featureextractor, imageoperations
+from radiomics import featureextractor
 
 from dtlr.shared.config import SettingsError, load_yaml
 from dtlr.shared.stage import InputError
@@ -80,20 +80,3 @@ def extract(extractor: featureextractor.RadiomicsFeatureExtractor, image: sitk.I
     features = {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
     diagnostics = {k: v for k, v in result.items() if k.startswith("diagnostics_")}
     return features, diagnostics
-
-
-def resample_like_pyradiomics(extractor: featureextractor.RadiomicsFeatureExtractor,
-                              image: sitk.Image, mask: sitk.Image,
-                              pad_mm: float) -> tuple[sitk.Image, sitk.Image]:
-    """Image and mask resampled as the parameter file says, cropped to the ROI box + ``pad_mm``.
-
-    Uses pyradiomics' own resampling (image interpolator from the file, mask nearest
-    neighbour), so the max slice is cut from the same grid the features were computed on.
-    """
-    settings = dict(extractor.settings)
-    spacing = settings.get("resampledPixelSpacing") or list(image.GetSpacing())
-    settings["resampledPixelSpacing"] = spacing
-    settings["interpolator"] = settings.get("interpolator") or "sitkBSpline"
-    settings["padDistance"] = round(pad_mm / min(spacing)) + 1
-    settings["label"] = mask_label(extractor)
-    return imageoperations.resampleImage(image, mask, **settings)

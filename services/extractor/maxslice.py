@@ -1,4 +1,12 @@
-"""The CNN's input: the axial slice with the largest ROI area, cropped around the ROI, resized."""
+"""The CNN's input: the axial slice with the largest ROI area, cropped around the ROI, resized.
+
+The slice is taken on the image's own grid, the one the mask was drawn on: an acquired slice,
+never one interpolated between acquisitions. (Choosing it after 1 mm resampling would make the
+five 1 mm copies of a 5 mm slice tie, take the first of them, 2 mm off the acquired slice, and
+give the CNN B-spline-interpolated data.) Where several consecutive slices tie for the largest
+area, the middle one of that run is taken. In-plane, the crop is resized once, from the native
+resolution to the CNN's input.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +21,21 @@ class MaxSlice:
     """A (2, size, size) float32 array (channel 0 image, channel 1 mask) and where it came from."""
 
     array: np.ndarray
-    slice_index: int
+    slice_index: int  # on the image's own (acquired) grid, along ``axial_axis``
     areas_mm2: np.ndarray
     axial_axis: int
+    position_mm: tuple[float, float, float]  # the chosen slice's centre in patient (LPS) space
+
+
+def choose_slice(areas: np.ndarray) -> int:
+    """The slice with the largest area; for a run of consecutive ties, the run's middle."""
+    best = float(areas.max())
+    tied = np.isclose(areas, best, rtol=1e-9, atol=0.0)
+    first = int(np.argmax(tied))
+    last = first
+    while last + 1 < len(areas) and tied[last + 1]:
+        last += 1
+    return (first + last) // 2
 
 
 def axial_axis(image: sitk.Image) -> int:
@@ -27,7 +47,7 @@ def axial_axis(image: sitk.Image) -> int:
 
 def max_slice(image: sitk.Image, mask: sitk.Image, size: int, margin_mm: float,
               label: int = 1) -> MaxSlice:
-    """Cut the largest-area axial ROI slice from a (resampled) image and mask.
+    """Cut the largest-area axial ROI slice from an image and its mask (same grid).
 
     The crop is the square around the ROI's in-slice bounding box plus ``margin_mm``, so the
     tumour keeps its aspect ratio; it is resized to ``size`` x ``size`` (image linear, mask
@@ -39,7 +59,7 @@ def max_slice(image: sitk.Image, mask: sitk.Image, size: int, margin_mm: float,
     spacing_zyx = np.asarray(image.GetSpacing())[::-1]
     in_plane = np.delete(spacing_zyx, axis)
     areas = roi.reshape(roi.shape[0], -1).sum(axis=1) * float(np.prod(in_plane))
-    index = int(np.argmax(areas))
+    index = choose_slice(areas)
     ys, xs = np.nonzero(roi[index])
     lo = np.array([ys.min(), xs.min()], dtype=float)
     hi = np.array([ys.max(), xs.max()], dtype=float) + 1
@@ -60,5 +80,8 @@ def max_slice(image: sitk.Image, mask: sitk.Image, size: int, margin_mm: float,
     out_mask = sitk.Resample(src_mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                              sitk.sitkUInt8)
     array = np.stack([sitk.GetArrayFromImage(out_img), sitk.GetArrayFromImage(out_mask)])
+    centre = [s // 2 for s in image.GetSize()]
+    centre[2 - axis] = index  # NumPy axis -> ITK index axis
+    position = image.TransformIndexToPhysicalPoint([int(c) for c in centre])
     return MaxSlice(array=array.astype(np.float32), slice_index=index, areas_mm2=areas,
-                    axial_axis=axis)
+                    axial_axis=axis, position_mm=tuple(float(v) for v in position))

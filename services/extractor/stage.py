@@ -29,7 +29,7 @@ STAGE = "extract"
 # Bump when this stage's code changes its outputs: every cached result is then recomputed.
 # extract-2: masks go through the geometry policy (a crop is placed into the image grid, a
 # mismatch is refused or resampled by DTLR, never by pyradiomics' correctMask).
-CODE_VERSION = "extract-2"
+CODE_VERSION = "extract-3"
 
 
 @dataclass(frozen=True)
@@ -155,19 +155,19 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> list[str]:
         mask = masks[reader]
         try:
             values, diagnostics = rad.extract(extractor, image, mask)
-            resampled, resampled_mask = rad.resample_like_pyradiomics(
-                extractor, image, mask, settings.maxslice.margin_mm)
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"reader {reader}'s mask {mask_path}: pyradiomics cannot use it "
                              f"({exc}); check that the mask covers the tumour and matches the "
                              "image's geometry") from exc
-        ms = max_slice(resampled, resampled_mask, settings.maxslice.size,
-                       settings.maxslice.margin_mm, label=label)
+        # On the image's acquired grid, not pyradiomics' resampled one (see maxslice.py).
+        ms = max_slice(image, mask, settings.maxslice.size, settings.maxslice.margin_mm,
+                       label=label)
         key = plan.keys[reader]
         meta = {
             "key": key, "inputs": plan.inputs, "versions": versions(STAGE),
             "params": str(settings.radiomics.params_path()),
-            "max_slice_index": ms.slice_index,
+            "max_slice_index": ms.slice_index, "max_slice_grid": "acquired",
+            "max_slice_axis": ms.axial_axis, "max_slice_position_mm": ms.position_mm,
             "diagnostics": {k: str(v) for k, v in diagnostics.items()
                             if "Hash" in k or "Mask-" in k or "Image-original" in k},
         }

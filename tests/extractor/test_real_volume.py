@@ -1,4 +1,4 @@
-"""A real brain-tumour MR volume through N4, resampling, extraction and the max slice."""
+"""A real brain-tumour MR volume through N4, extraction and the max slice (1 mm and 5 mm)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dtlr.services.extractor import features as rad
 from dtlr.services.extractor.io import read_image, read_mask
-from dtlr.services.extractor.maxslice import max_slice
+from dtlr.services.extractor.maxslice import choose_slice, max_slice
 from dtlr.services.extractor.preprocess import n4_correct, shrink_factors
 from dtlr.services.extractor.stage import extract_patient
 from dtlr.shared.config import PreprocessSettings, Settings
@@ -67,21 +66,58 @@ def test_real_volume_end_to_end(brats: tuple[Path, Path], tmp_path: Path) -> Non
     assert slice_.shape == (2, 224, 224) and slice_.dtype == np.float32
     assert set(np.unique(slice_[1])) == {0.0, 1.0}
 
-    # Recompute the resampled grid independently and check the chosen slice is the largest.
-    extractor = rad.make_extractor(settings.radiomics.params_path())
+    # The chosen slice is the largest ROI slice on the image's own grid (BraTS: 1 mm).
     corrected, _ = n4_correct(read_image(image_path), settings.preprocess)
     mask = read_mask(mask_path, corrected, 1)
-    res_img, res_mask = rad.resample_like_pyradiomics(extractor, corrected, mask, 10.0)
-    assert res_img.GetSpacing() == pytest.approx((1.0, 1.0, 1.0))
-    areas = (sitk.GetArrayFromImage(res_mask) == 1).sum(axis=(1, 2))
-    ms = max_slice(res_img, res_mask, 224, 10.0)
-    assert ms.slice_index == int(np.argmax(areas))
-    assert areas[ms.slice_index] == areas.max() > areas[ms.slice_index - 3]
-    assert Store.read_metadata(path)["max_slice_index"] == ms.slice_index
+    areas = (sitk.GetArrayFromImage(mask) == 1).sum(axis=(1, 2))
+    ms = max_slice(corrected, mask, 224, 10.0)
+    assert areas[ms.slice_index] == areas.max()
+    meta = Store.read_metadata(path)
+    assert meta["max_slice_index"] == ms.slice_index and meta["max_slice_grid"] == "acquired"
     np.testing.assert_array_equal(ms.array, slice_)
-    # The ROI fills the crop except the margin: its area in the resized slice matches.
-    pixel_mm = (np.ptp(np.nonzero(ms.array[1])[0]) + 1) / 224
-    assert pixel_mm > 0
+
+
+def test_max_slice_of_a_5_mm_volume_is_an_acquired_slice(brats: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    """5 mm slices (the paper's acquisition): the max slice is an acquired one, unchanged.
+
+    Chosen after 1 mm resampling, each acquired slice becomes five tied copies; the first was
+    taken, 2 mm off the acquired slice, on interpolated data. Now the slice comes from the
+    acquired grid: its image channel is exactly the acquired slice cropped and resized.
+    """
+    image_path, mask_path = brats
+    image, mask = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(mask_path))
+    step = 5  # every 5th 1 mm slice: a 5 mm acquisition of the same head
+    thick = [img[:, :, ::step] for img in (image, mask)]
+    assert thick[0].GetSpacing()[2] == pytest.approx(5.0)
+    paths = [tmp_path / "t1_5mm.nii.gz", tmp_path / "mask_5mm.nii.gz"]
+    for img, p in zip(thick, paths, strict=True):
+        sitk.WriteImage(img, str(p))
+    store = Store(tmp_path / "store")
+    settings = Settings.model_validate({"preprocess": {"n4": False}})
+    row = {"cohort": "thick", "patient_id": "case_9", "image": str(paths[0]),
+           "mask": str(paths[1]), "mask_reader2": None}
+    record = extract_patient(store, row, settings)
+    assert record.state == "done", record.message
+    (_pid, key, path), = Store.keyed_files(store.radiomics_dir("thick", 1), ".parquet")
+    meta = Store.read_metadata(path)
+    areas = (sitk.GetArrayFromImage(thick[1]) > 0).sum(axis=(1, 2))
+    index = meta["max_slice_index"]
+    assert areas[index] == areas.max() and 0 < index < len(areas) - 1
+    # The stored position is that acquired slice's centre on the original 5 mm grid.
+    z = thick[0].TransformIndexToPhysicalPoint([0, 0, index])[2]
+    assert meta["max_slice_position_mm"][2] == pytest.approx(z)
+    stored = np.load(store.maxslice_path("thick", 1, "case_9", key))
+    direct = max_slice(sitk.Cast(thick[0], sitk.sitkFloat32), sitk.Cast(thick[1], sitk.sitkUInt8),
+                       settings.maxslice.size, settings.maxslice.margin_mm)
+    assert direct.slice_index == index
+    np.testing.assert_allclose(stored, direct.array, rtol=1e-6)
+
+
+def test_ties_take_the_middle_of_the_run() -> None:
+    assert choose_slice(np.array([1.0, 5, 5, 5, 5, 5, 2])) == 3
+    assert choose_slice(np.array([5.0, 5, 1, 5])) == 0
+    assert choose_slice(np.array([0.0, 2, 9])) == 2
 
 
 def test_max_slice_geometry_on_a_synthetic_volume() -> None:
