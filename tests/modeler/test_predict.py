@@ -15,7 +15,7 @@ from dtlr.services.modeler.cli import model, predict
 from dtlr.services.modeler.data import load_cohort
 from dtlr.services.modeler.persist import load_model
 from dtlr.shared.manifest import register
-from tests.synthetic.cohorts import SyntheticStore, build_store
+from tests.synthetic.cohorts import DATA_ROOTS, SyntheticStore, build_store
 
 
 @dataclass
@@ -32,7 +32,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     csv = syn.store.root / "manifests" / "C.csv"
     manifest = pd.read_csv(csv, dtype=str, keep_default_na=False).assign(label="")
     manifest.to_csv(csv.with_name("C-unlabelled.csv"), index=False)
-    register(syn.store, "C", csv.with_name("C-unlabelled.csv"))
+    register(syn.store, "C", csv.with_name("C-unlabelled.csv"), DATA_ROOTS)
     result = CliRunner().invoke(model, ["--train", "A", "--test", "B", "--run-id", "cli-run",
                                         "--store", str(syn.store.root)],
                                 env={"COLUMNS": "160"})
