@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import SimpleITK as sitk
 
 from dtlr.shared.hashing import file_digest
-from dtlr.shared.store import COHORT_RE, PATIENT_ID_RE, Store, StoreError
+from dtlr.shared.store import COHORT_RE, PATIENT_ID_RE, Store, StoreError, StoreWriteError
 
 REQUIRED = ("patient_id", "image", "mask")
 PATH_COLUMNS = ("image", "mask", "mask_reader2")
@@ -388,8 +388,13 @@ def _read_xlsx(path: Path, sheet: str | None, cohort: str) -> _Raw:
             notes.append(f"read the first sheet, {chosen!r}, of "
                          f"{', '.join(map(repr, names_of_sheets))}; choose another with "
                          "--sheet NAME")
-        cells = [(r, [_cell(v) for v in values])
-                 for r, values in enumerate(ws.iter_rows(values_only=True), start=1)]
+        try:
+            cells = [(r, [_cell(v) for v in values])
+                     for r, values in enumerate(ws.iter_rows(values_only=True), start=1)]
+        except Exception as exc:  # a damaged sheet: openpyxl raises many kinds
+            raise ManifestError(path, [
+                f"sheet {chosen!r} cannot be read ({type(exc).__name__}: {exc}); save the "
+                "workbook again from Excel as .xlsx, or as CSV UTF-8"]) from exc
     finally:
         book.close()
     cells = [(r, row) for r, row in cells if any(c.strip() for c in row)]
@@ -817,14 +822,18 @@ def register(store: Store, cohort: str, path: str | Path,
                     d.rmdir()
                 except OSError:
                     break
-        if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+        if not isinstance(exc, Exception):
             raise
-        raise StoreError(
-            f"cohort {cohort!r} not registered: the store's catalog {store.catalog_path} "
-            f"cannot be updated ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
-            + ("its previous registration is kept" if had_previous else "nothing was written")
-            + ". If another dtlr command is running on this store, let it finish and retry; "
-            "if the catalog file is damaged, delete it (DTLR rebuilds it from the files)"
+        kept = "its previous registration is kept" if had_previous else "nothing was written"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, StoreError):
+            reason = f"{type(exc).__name__}: {reason}"
+        error = StoreWriteError if isinstance(exc, StoreWriteError | OSError) else StoreError
+        raise error(
+            f"cohort {cohort!r} not registered ({kept}): the store could not be updated "
+            f"({reason}). Check that its disk has space and that you may write to "
+            f"{store.root}; if another dtlr command is updating this store, let it finish and "
+            f"retry; a damaged {store.catalog_path.name} may be deleted (DTLR rebuilds it)"
         ) from exc
     finally:
         backup.unlink(missing_ok=True)

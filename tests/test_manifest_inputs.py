@@ -383,7 +383,8 @@ def test_unlabelled_cohort_registers_cleanly(data: Path, tmp_path: Path) -> None
 def test_a_failed_catalog_update_keeps_the_previous_registration(data: Path,
                                                                  store: Path) -> None:
     """Registration is all or nothing: a failure after the copy is written puts it back."""
-    (store / "catalog.duckdb").write_bytes(b"not a duckdb file" * 100)
+    (store / "catalog.duckdb").unlink()
+    (store / "catalog.duckdb").mkdir()  # the catalog cannot be written
     path = data / "changed.csv"
     path.write_text(f"{HEADER}\n{rows(n=2)}")
     before = snapshot(store)
