@@ -87,6 +87,6 @@ def test_clear_errors_for_unknown_runs_cohorts_and_unlabelled_training(fitted: F
     r = runner.invoke(model, ["--train", "Z", "--test", "B", "--store", root])
     assert r.exit_code == 1 and "not registered" in r.output
     r = runner.invoke(model, ["--train", "C", "--test", "B", "--store", root])
-    assert r.exit_code == 1 and "without a label" in r.output
+    assert r.exit_code == 1 and "cohort 'C' has no labels" in r.output
     r = runner.invoke(model, ["--train", "A", "--test", "A", "--store", root])
     assert r.exit_code == 1 and "both the training and a test cohort" in r.output
