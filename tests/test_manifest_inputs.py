@@ -151,11 +151,12 @@ REFUSED = [
      text_file("patient_id,image,mask,grade,age,sex\n"
                "P1,img/P1.nii.gz,img/P1_mask.nii.gz,4,61,f\n"
                "P2,img/P2.nii.gz,,2,-inf,m\n"
-               "P2,/etc/hostname,img/P3_mask.nii.gz,1,40,x\n"),
+               "P2,/nonexistent/dtlr-test/P9.nii.gz,img/P3_mask.nii.gz,1,40,x\n"),
      ["6 problem(s)", "line 2 (patient P1), column 'grade': '4' is not a WHO grade",
       "line 3 (patient P2), column 'mask': empty", "'P2' appears on lines 3, 4",
       "line 3 (patient P2), column 'age': '-inf' is not a finite number",
-      "line 4 (patient P2), column 'image': /etc/hostname is outside the manifest's folder",
+      "line 4 (patient P2), column 'image': /nonexistent/dtlr-test/P9.nii.gz is outside the "
+      "manifest's folder",
       "line 4 (patient P2), column 'sex': 'x' is not understood"]),
     ("utf16-without-bom", "m.csv", lambda p: p.write_bytes(GOOD.encode("utf-16-le")),
      ["NUL bytes", "UTF-16 without a byte-order mark", "save it as CSV UTF-8"]),
