@@ -18,8 +18,14 @@ def write_manifest(tmp_path: Path, rows: list[dict], name: str = "manifest.csv")
 
 
 @pytest.fixture
+def roots(data_dir: Path) -> list[Path]:
+    """The folder the `images` symlinks point into, allowed as a data root."""
+    return [data_dir / "pyradiomics"]
+
+
+@pytest.fixture
 def images(data_dir: Path, tmp_path: Path) -> tuple[str, str]:
-    """Real image/mask files, addressed relative to the manifest's folder."""
+    """Real image/mask files (symlinks into ../shared/data), relative to the manifest's folder."""
     src = data_dir / "pyradiomics"
     (tmp_path / "img").mkdir()
     for name in ("brain2_image.nrrd", "brain2_label.nrrd"):
@@ -27,7 +33,8 @@ def images(data_dir: Path, tmp_path: Path) -> tuple[str, str]:
     return "img/brain2_image.nrrd", "img/brain2_label.nrrd"
 
 
-def test_normalises_values_and_paths(tmp_path: Path, images: tuple[str, str]) -> None:
+def test_normalises_values_and_paths(tmp_path: Path, images: tuple[str, str],
+                                     roots: list[Path]) -> None:
     img, msk = images
     path = write_manifest(tmp_path, [
         {"patient_id": "P1", "image": img, "mask": msk, "grade": "2", "sex": "M",
@@ -35,7 +42,7 @@ def test_normalises_values_and_paths(tmp_path: Path, images: tuple[str, str]) ->
         {"patient_id": "P2", "image": img, "mask": msk, "grade": "I", "sex": "female",
          "shape": "lobulated", "peritumoral_edema": "0", "age": ""},
     ])
-    m = manifest.read_manifest(path, "hospitalA")
+    m = manifest.read_manifest(path, "hospitalA", roots)
     t = m.table
     assert list(t.columns[:7]) == ["cohort", "patient_id", "image", "mask", "mask_reader2",
                                    "grade", "label"]
@@ -50,8 +57,8 @@ def test_normalises_values_and_paths(tmp_path: Path, images: tuple[str, str]) ->
     assert enc["sex"].tolist() == [1.0, 0.0] and enc["shape"].tolist() == [0.0, 1.0]
 
 
-def test_structural_errors_name_line_column_and_fix(tmp_path: Path,
-                                                    images: tuple[str, str]) -> None:
+def test_structural_errors_name_line_column_and_fix(tmp_path: Path, images: tuple[str, str],
+                                                    roots: list[Path]) -> None:
     img, msk = images
     path = write_manifest(tmp_path, [
         {"patient_id": "P1", "image": img, "mask": msk, "grade": "4", "sex": "x"},
@@ -60,7 +67,7 @@ def test_structural_errors_name_line_column_and_fix(tmp_path: Path,
          "label": "0"},
     ])
     with pytest.raises(manifest.ManifestError) as err:
-        manifest.read_manifest(path, "h")
+        manifest.read_manifest(path, "h", roots)
     problems = err.value.problems
     text = "\n".join(problems)
     assert "line 2 (patient P1), column 'grade': '4' is not a WHO grade; use 1, 2 or 3" in text
@@ -79,7 +86,8 @@ def test_missing_columns_refused(tmp_path: Path) -> None:
         manifest.read_manifest(path, "h")
 
 
-def test_file_problems_warn_but_register(tmp_path: Path, images: tuple[str, str]) -> None:
+def test_file_problems_warn_but_register(tmp_path: Path, images: tuple[str, str],
+                                         roots: list[Path]) -> None:
     img, msk = images
     (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
     path = write_manifest(tmp_path, [
@@ -88,7 +96,7 @@ def test_file_problems_warn_but_register(tmp_path: Path, images: tuple[str, str]
         {"patient_id": "P3", "image": img, "mask": "broken.nii.gz", "label": 0},
     ])
     store = Store(tmp_path / "store")
-    m = manifest.register(store, "h", path)
+    m = manifest.register(store, "h", path, roots)
     assert len(m.warnings) == 2
     assert m.warnings[0].startswith("patient P2: image ") and "file not found" in m.warnings[0]
     assert m.warnings[1].startswith("patient P3: mask ") and "cannot read" in m.warnings[1]

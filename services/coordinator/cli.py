@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import dtlr
 from dtlr.services.coordinator import pipeline
 from dtlr.shared import manifest
-from dtlr.shared.cli import DEBUG_ENV, console, run_command, store_option
+from dtlr.shared.cli import (
+    DEBUG_ENV,
+    EXIT_REFUSED,
+    EXIT_STORE,
+    console,
+    run_command,
+    store_option,
+)
 from dtlr.shared.stage import COHORT
-from dtlr.shared.store import Store
+from dtlr.shared.store import Store, StoreError
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -89,32 +98,48 @@ def cohort() -> None:
 @cohort.command("add")
 @click.argument("name")
 @click.argument("manifest_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data-root", "data_roots", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Another folder the images and masks may be in (repeatable); by default "
+                   "they must be under the manifest's folder (symlinks followed).")
+@click.option("--sheet", default=None,
+              help="The sheet of an Excel workbook to read (default: its first).")
 @store_option
-def cohort_add(name: str, manifest_file: Path, store: Store) -> None:
-    """Register cohort NAME from MANIFEST_FILE (CSV or Parquet; paths relative to it)."""
+def cohort_add(name: str, manifest_file: Path, data_roots: tuple[Path, ...], sheet: str | None,
+               store: Store) -> None:
+    """Register cohort NAME from MANIFEST_FILE (CSV, Excel .xlsx or Parquet; paths relative
+    to it). A refused manifest registers nothing and exits 2."""
     try:
-        m = manifest.register(store, name, manifest_file)
+        m = manifest.register(store, name, manifest_file, data_roots, sheet)
     except manifest.ManifestError as exc:
-        raise click.ClickException(str(exc)) from exc
-    store.refresh_catalog()
-    labels = m.table["label"].value_counts(dropna=False).to_dict()
-    console.print(f"registered [bold]{name}[/bold]: {len(m.table)} patients "
-                  f"(high grade {labels.get(1, 0)}, low grade {labels.get(0, 0)}, "
-                  f"unlabelled {sum(v for k, v in labels.items() if k not in (0, 1))}), "
+        console.print(f"[red]refused[/red]: {escape(str(exc))}")
+        console.print(f"nothing was registered; fix the manifest and run `dtlr cohort add "
+                      f"{escape(name)} {escape(str(manifest_file))}` again")
+        sys.exit(EXIT_REFUSED)
+    except StoreError as exc:
+        console.print(f"[red]store error[/red]: {escape(str(exc))}")
+        sys.exit(EXIT_STORE)
+    labels = m.table["label"]
+    console.print(f"registered [bold]{escape(name)}[/bold]: {len(m.table)} patients "
+                  f"(high grade {int((labels == 1).sum())}, low grade {int((labels == 0).sum())}, "
+                  f"unlabelled {int(labels.isna().sum())}), "
                   f"{int(m.table['mask_reader2'].notna().sum())} with a second reader's mask")
+    for note in m.notes:
+        console.print(f"[cyan]note[/cyan] {escape(note)}")
     for w in m.warnings:
-        console.print(f"[yellow]warning[/yellow] {w}")
+        console.print(f"[yellow]warning[/yellow] {escape(w)}")
 
 
 @cohort.command("list")
 @store_option
 def cohort_list(store: Store) -> None:
     """List registered cohorts with their sizes."""
-    table = Table("cohort", "patients", "high grade", "low grade", "reader 2")
+    table = Table("cohort", "patients", "high grade", "low grade", "unlabelled", "reader 2")
     for name in store.cohorts():
         t = manifest.load(store, name)
         table.add_row(name, str(len(t)), str(int((t["label"] == 1).sum())),
-                      str(int((t["label"] == 0).sum())), str(int(t["mask_reader2"].notna().sum())))
+                      str(int((t["label"] == 0).sum())), str(int(t["label"].isna().sum())),
+                      str(int(t["mask_reader2"].notna().sum())))
     out.print(table)
 
 
@@ -127,9 +152,9 @@ def cohort_show(name: str, store: Store) -> None:
         t = manifest.load(store, name)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
-    table = Table(*t.columns)
+    table = Table(*(escape(str(c)) for c in t.columns))
     for row in t.itertuples(index=False):
-        table.add_row(*("" if v is None or v != v else str(v) for v in row))
+        table.add_row(*("" if manifest.is_missing(v) else escape(str(v)) for v in row))
     out.print(table)
 
 

@@ -62,6 +62,11 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
             say(f"failed {s.stage} {escape(where)}", "red", r.message)
 
 
+def labelled(store: Store, cohort: str) -> bool:
+    """Whether any patient of a registered cohort has a label (else it can only be scored)."""
+    return bool(pipeline.manifest.load(store, cohort)["label"].notna().any())
+
+
 def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
                settings: Settings, dispatch: Dispatch, submission: str,
                summaries: list[pipeline.StageSummary]) -> str | None:
@@ -138,6 +143,11 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
     if train is not None and train not in names:
         raise click.BadParameter(f"{train!r} is not among the submitted cohorts "
                                  f"({', '.join(names)})", param_hint="--train")
+    # Cohorts without any label (patients to score) are extracted and embedded, never tested.
+    unlabelled = [n for n in names if train is not None and not labelled(store, n)]
+    if train in unlabelled:
+        raise click.BadParameter(pipeline.manifest.no_labels_message(train),
+                                 param_hint="--train")
     dispatch = Dispatch(app, url, jobs)
     submission = pipeline.new_submission()
     summaries: list[pipeline.StageSummary] = []
@@ -160,13 +170,19 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
         if model_id is None:
             console.print("[yellow]the models run without DTL features[/yellow] (no CNN"
                           + (": see the fine-tuning failure below)" if cnn else ", --no-cnn)"))
-        result, modelled = pipeline.run_model(store, train, [n for n in names if n != train],
-                                              settings, model_id, submission)
+        tests = [n for n in names if n != train and n not in unlabelled]
+        result, modelled = pipeline.run_model(store, train, tests, settings, model_id,
+                                              submission)
         summaries.append(modelled)
         print_summary(summaries)
         if result is not None:
             render_table3(result.table3, console)
             console.print(f"report: {result.report_path}")
+        for name in unlabelled:
+            run = result.run_id if result is not None else "RUN_ID"
+            console.print(f"[cyan]note[/cyan] cohort {name} has no labels, so it is not a "
+                          f"test cohort; score it with `dtlr predict --model {run} --cohort "
+                          f"{name}`")
     else:
         print_summary(summaries)
     if any(s.failed for s in summaries):

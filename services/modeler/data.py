@@ -16,7 +16,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from dtlr.shared.hashing import content_key
-from dtlr.shared.manifest import encode_clinical
+from dtlr.shared.manifest import encode_clinical, no_labels_message
 from dtlr.shared.stage import InputError
 from dtlr.shared.store import Store, read_feature_files
 
@@ -106,6 +106,8 @@ def load_cohort(store: Store, cohort: str, dtl_model_id: str | None = None,
     if manifest.empty:
         known = ", ".join(store.cohorts()) or "none yet"
         raise InputError(f"cohort {cohort!r} is not registered (registered: {known})")
+    if require_labels and manifest["label"].isna().all():
+        raise InputError(no_labels_message(cohort))
     manifest = manifest.set_index(manifest["patient_id"].astype(str))
     readers = (1, 2) if with_reader2 else (1,)
     tables = {"radiomics": read_features(store, "radiomics", cohort, readers)}
@@ -134,7 +136,9 @@ def load_cohort(store: Store, cohort: str, dtl_model_id: str | None = None,
     if require_labels and unlabelled.any():
         raise InputError(f"cohort {cohort!r}: {int(unlabelled.sum())} patient(s) without a "
                          f"label or grade (e.g. {', '.join(labels.index[unlabelled][:5])}); "
-                         "training and testing need labels, prediction does not")
+                         "training and testing need labels, prediction does not: give their "
+                         "grade or label in the manifest and register it again (`dtlr cohort add "
+                         f"{cohort} MANIFEST`), or leave those patients out of it")
     y = None if unlabelled.any() else labels.to_numpy(np.int64)
     keys = {"clinical": _digest(clinical.assign(label=labels.astype("float64")))}
     keys.update({f: _digest(t.loc[patients]) for f, t in families.items()})

@@ -17,7 +17,7 @@ from dtlr.services.modeler.run import RunResult, run_modeler
 from dtlr.shared.config import Settings
 from dtlr.shared.manifest import register
 from dtlr.shared.store import Store
-from tests.synthetic.cohorts import SyntheticStore, build_store
+from tests.synthetic.cohorts import DATA_ROOTS, SyntheticStore, build_store
 
 
 def fitted_parameters(obj: Any, path: str = "model") -> dict[str, Any]:
@@ -77,7 +77,7 @@ def perturb_test_cohort(syn: SyntheticStore, cohort: str) -> None:
     manifest["age"] = (manifest["age"].astype(float) + 30).astype(str)
     flipped = csv.with_name(f"{cohort}-perturbed.csv")
     manifest.to_csv(flipped, index=False)
-    register(store, cohort, flipped)
+    register(store, cohort, flipped, DATA_ROOTS)
 
 
 def _two_runs(tmp: Path, n_dtl: int) -> tuple[RunResult, RunResult, SyntheticStore]:

@@ -15,7 +15,7 @@ from dtlr.services.modeler.cli import model, predict
 from dtlr.services.modeler.data import load_cohort
 from dtlr.services.modeler.persist import load_model
 from dtlr.shared.manifest import register
-from tests.synthetic.cohorts import SyntheticStore, build_store
+from tests.synthetic.cohorts import DATA_ROOTS, SyntheticStore, build_store
 
 
 @dataclass
@@ -32,7 +32,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     csv = syn.store.root / "manifests" / "C.csv"
     manifest = pd.read_csv(csv, dtype=str, keep_default_na=False).assign(label="")
     manifest.to_csv(csv.with_name("C-unlabelled.csv"), index=False)
-    register(syn.store, "C", csv.with_name("C-unlabelled.csv"))
+    register(syn.store, "C", csv.with_name("C-unlabelled.csv"), DATA_ROOTS)
     result = CliRunner().invoke(model, ["--train", "A", "--test", "B", "--run-id", "cli-run",
                                         "--store", str(syn.store.root)],
                                 env={"COLUMNS": "160"})
@@ -87,6 +87,6 @@ def test_clear_errors_for_unknown_runs_cohorts_and_unlabelled_training(fitted: F
     r = runner.invoke(model, ["--train", "Z", "--test", "B", "--store", root])
     assert r.exit_code == 1 and "not registered" in r.output
     r = runner.invoke(model, ["--train", "C", "--test", "B", "--store", root])
-    assert r.exit_code == 1 and "without a label" in r.output
+    assert r.exit_code == 1 and "cohort 'C' has no labels" in r.output
     r = runner.invoke(model, ["--train", "A", "--test", "A", "--store", root])
     assert r.exit_code == 1 and "both the training and a test cohort" in r.output

@@ -22,6 +22,8 @@ from dtlr.shared.store import Store, feature_table
 # Any readable image/mask pair satisfies the manifest's file checks; features are synthetic.
 REFERENCE_IMAGE = Path("/work/shared/data/pyradiomics/brain1_image.nrrd")
 REFERENCE_MASK = Path("/work/shared/data/pyradiomics/brain1_label.nrrd")
+# The manifests name the reference files where they are, outside the manifests' folder.
+DATA_ROOTS = (REFERENCE_IMAGE.parent, REFERENCE_MASK.parent)
 
 # P(finding present | low grade), P(finding present | high grade): the paper's Table 1 rates.
 _BINARY_RATES = {
@@ -205,7 +207,7 @@ def build_store(
         })
         csv = manifest_dir / f"{cohort}.csv"
         manifest.to_csv(csv, index=False)
-        register(store, cohort, csv)
+        register(store, cohort, csv, DATA_ROOTS)
         for family, p, names, structure in families:
             values, latent = _draw(rng, structure, y)
             rows = {1: values}
