@@ -46,7 +46,8 @@ from dtlr.shared.stats import youden_threshold
 
 FAMILIES = ("clinical", "radiomics", "dtl")
 SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
-EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins"}  # not fit parameters
+# Modeler settings that are not fit parameters (used by services/modeler/evaluate.py).
+EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins", "prevalence"}
 MODEL_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",
                 "dtl": "DTL model", "nomogram": "DTLR nomogram"}
 
