@@ -132,6 +132,10 @@ class ModelerSettings(_Section):
     nomogram_scores: Literal["out-of-fold", "in-sample"] = "out-of-fold"
     nomogram_folds: int = Field(5, ge=2)
     hosmer_lemeshow_groups: int = Field(10, ge=3)
+    # Population prevalence of high grade for PPV, NPV and decision curves when the cohorts are
+    # case-control or matched samples (the paper matched the grades 1:1, so each cohort's own
+    # prevalence is 50%); null = each cohort's own prevalence.
+    prevalence: float | None = Field(None, gt=0, lt=1)
     calibration_bins: int = Field(10, ge=2)
 
 

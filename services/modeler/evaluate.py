@@ -2,7 +2,9 @@
 
 All statistics come from :mod:`dtlr.shared.stats` (DeLong, Wilson CIs, Hosmer-Lemeshow,
 decision curves); this module only applies them per model and per cohort and lays them out.
-Threshold metrics use each model's Youden threshold chosen on the training cohort.
+Threshold metrics use each model's Youden threshold chosen on the training cohort. With a
+population ``prevalence`` (``modeler.prevalence``), PPV, NPV and the decision curves are those of
+a population with that prevalence, by the same functions as ``dtlr stats dca --prevalence``.
 """
 
 from __future__ import annotations
@@ -45,19 +47,26 @@ class CohortEvaluation:
     roc: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
     calibration: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
     dca: pd.DataFrame  # threshold, treat_all, treat_none, one net-benefit column per model
+    prevalence: float | None = None  # population prevalence behind PPV, NPV and dca; None: own
 
 
-def _hl(y: NDArray[np.int64], p: NDArray[np.float64], groups: int) -> HosmerLemeshow | None:
-    """Hosmer-Lemeshow test, or None when the predictions cannot form 3 groups."""
+def _hl(y: NDArray[np.int64], p: NDArray[np.float64], groups: int,
+        role: str) -> HosmerLemeshow | None:
+    """Hosmer-Lemeshow test, or None when the predictions cannot form 3 groups.
+
+    df = groups - 2 on the training cohort and groups on a test cohort, an external validation
+    sample (Hosmer, Lemeshow & Sturdivant 2013; see dtlr.shared.stats.hosmer_lemeshow).
+    """
+    sample = "development" if role == "train" else "external"
     try:
-        return hosmer_lemeshow(y, p, groups=groups, method="quantile")
+        return hosmer_lemeshow(y, p, groups=groups, method="quantile", sample=sample)
     except ValueError:
         return None
 
 
 def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], cohort: str,
                     role: str, hl_groups: int = 10, calibration_bins: int = 10,
-                    ) -> CohortEvaluation:
+                    prevalence: float | None = None) -> CohortEvaluation:
     """Predict with every model and compute AUC (DeLong CI), threshold metrics, HL, curves."""
     y = np.asarray(y).astype(np.int64)
     if set(np.unique(y)) != {0, 1}:
@@ -73,11 +82,11 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
                      "ci_high": auc.ci_high})
         threshold = model.thresholds_[m]
         rows.append({"model": m, "metric": "threshold", "value": threshold})
-        for name, est in binary_metrics(y, p, threshold).items():
+        for name, est in binary_metrics(y, p, threshold, prevalence=prevalence).items():
             rows.append({"model": m, "metric": name, "value": est.value, "ci_low": est.ci_low,
                          "ci_high": est.ci_high, "numerator": est.numerator,
                          "denominator": est.denominator})
-        hl[m] = _hl(y, p, hl_groups)
+        hl[m] = _hl(y, p, hl_groups, role)
         if hl[m] is not None:
             rows.append({"model": m, "metric": "hosmer_lemeshow_chi2", "value": hl[m].chi2,
                          "denominator": hl[m].df})
@@ -86,7 +95,7 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
         roc[m] = (fpr, tpr)
         frac, mean_pred = calibration_curve(y, p, n_bins=calibration_bins, strategy="quantile")
         cal[m] = (mean_pred, frac)
-        curve = decision_curve(y, p, DCA_THRESHOLDS)
+        curve = decision_curve(y, p, DCA_THRESHOLDS, prevalence=prevalence)
         if dca is None:
             dca = curve[["threshold", "treat_all", "treat_none"]].copy()
         dca[m] = curve["net_benefit"].to_numpy()
@@ -103,7 +112,7 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
     metrics.insert(1, "role", role)
     assert dca is not None
     return CohortEvaluation(cohort, role, y, probs, metrics, pd.DataFrame(tests), hl, roc, cal,
-                            dca)
+                            dca, prevalence)
 
 
 def table3(evaluations: list[CohortEvaluation]) -> pd.DataFrame:

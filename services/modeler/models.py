@@ -43,10 +43,12 @@ from dtlr.services.modeler.selection import selection_pipeline
 from dtlr.shared.config import Settings
 from dtlr.shared.stage import InputError
 from dtlr.shared.stats import youden_threshold
+from dtlr.shared.stats.datadist import display_ranges
 
 FAMILIES = ("clinical", "radiomics", "dtl")
 SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
-EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins"}  # not fit parameters
+# Modeler settings that are not fit parameters (used by services/modeler/evaluate.py).
+EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins", "prevalence"}
 MODEL_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",
                 "dtl": "DTL model", "nomogram": "DTLR nomogram"}
 
@@ -163,6 +165,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self._fit_nomogram(design.to_numpy(np.float64), y)
         self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
                                                  design.max().to_numpy()])
+        self.nomogram_display_ranges_ = display_ranges(design)  # rms datadist's q.display
         train = self.predict_proba_models(X)
         self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}
         return self

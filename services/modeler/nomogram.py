@@ -1,15 +1,24 @@
 """The nomogram as R's rms draws it: a points scale, one axis per predictor, total points, risk.
 
-For predictor j with coefficient b_j and training range [lo_j, hi_j], its contribution b_j x
+For predictor j with coefficient b_j and axis range [lo_j, hi_j], its contribution b_j x
 spans R_j = |b_j| (hi_j - lo_j). The widest span gets 0-100 points; every predictor uses the
 same points per unit of linear predictor, k = 100 / max_j R_j, so
 ``points_j(x) = k (b_j x - min(b_j lo_j, b_j hi_j))`` and the total points T map affinely to
 the linear predictor: ``LP = b_0 + sum_j min(b_j lo_j, b_j hi_j) + T / k``.
+
+Axis ranges (``axis``): "full" (default) is the training range, min to max, which is what
+rms::nomogram() draws (it takes datadist's "Low"/"High" limits, value.chk(..., type.range =
+"full"), rms/R/nomogram.s); "display" is datadist's q.display range (5th-95th percentile for
+n < 200, about the 10th smallest to 10th largest value for n >= 200;
+:mod:`dtlr.shared.stats.datadist`), which keeps one outlier from squeezing every other axis.
+0/1 predictors keep 0 and 1 either way. A patient outside the drawn range still gets exact points
+(below 0 or beyond the axis end): the linear predictor and the risk do not depend on ``axis``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import matplotlib
 
@@ -25,6 +34,8 @@ from scipy.special import expit, logit
 from dtlr.services.modeler.clinical import display_name, levels
 from dtlr.services.modeler.models import DTLRModel
 from dtlr.shared.manifest import NUMERIC
+
+AxisRange = Literal["full", "display"]
 
 SCORE_LABELS = {"rad_score": "Rad score", "dtl_score": "DTL score"}
 # Risk ticks in labelling priority (the middle first), as rms chooses fun.at.
@@ -73,20 +84,32 @@ class NomogramScale:
                 ) * self.points_per_lp
 
 
-def nomogram_scale(model: DTLRModel) -> NomogramScale:
-    """The points scale of a fitted model's nomogram."""
+def nomogram_scale(model: DTLRModel, axis: AxisRange = "full") -> NomogramScale:
+    """The points scale of a fitted model's nomogram, its axes over ``axis`` ranges."""
+    if axis == "full":
+        ranges = model.nomogram_ranges_
+    elif axis == "display":
+        ranges = getattr(model, "nomogram_display_ranges_", None)
+        if ranges is None:
+            raise ValueError("this model was saved before display ranges were stored; refit it "
+                             "or draw its nomogram with axis='full'")
+    else:
+        raise ValueError(f"axis must be 'full' or 'display', not {axis!r}")
     return NomogramScale(
         names=list(model.nomogram_features_),
         coef=np.asarray(model.nomogram_coef_, dtype=np.float64),
         intercept=float(model.nomogram_intercept_),
-        low=model.nomogram_ranges_[:, 0].astype(np.float64),
-        high=model.nomogram_ranges_[:, 1].astype(np.float64),
+        low=np.asarray(ranges)[:, 0].astype(np.float64),
+        high=np.asarray(ranges)[:, 1].astype(np.float64),
     )
 
 
-def patient_points(model: DTLRModel, X: pd.DataFrame) -> pd.DataFrame:
-    """Per patient: points per predictor, total points, linear predictor and risk."""
-    scale = nomogram_scale(model)
+def patient_points(model: DTLRModel, X: pd.DataFrame, axis: AxisRange = "full") -> pd.DataFrame:
+    """Per patient: points per predictor, total points, linear predictor and risk.
+
+    Points are exact for values outside the drawn axes too (below 0 or above the axis end).
+    """
+    scale = nomogram_scale(model, axis)
     pts = scale.points(model.nomogram_design(X))
     pts.columns = [f"points_{c}" for c in pts.columns]
     total = pts.sum(axis=1).to_numpy()
@@ -137,9 +160,9 @@ def _axis(ax: plt.Axes, y: float, label: str, positions: list[float], labels: li
     ax.text(-4, y, label, ha="right", va="center", fontsize=9)
 
 
-def draw_nomogram(model: DTLRModel, title: str = "") -> Figure:
-    """rms-style nomogram figure of a fitted model."""
-    scale = nomogram_scale(model)
+def draw_nomogram(model: DTLRModel, title: str = "", axis: AxisRange = "full") -> Figure:
+    """rms-style nomogram figure of a fitted model (``axis``: see the module docstring)."""
+    scale = nomogram_scale(model, axis)
     k, names = scale.points_per_lp, scale.names
     rows = len(names) + 4
     fig, ax = plt.subplots(figsize=(9, 0.7 * rows + 0.6))

@@ -21,6 +21,7 @@ from dtlr.services.modeler.icc import ICC_FORMS
 from dtlr.services.modeler.models import DTLRModel, family_columns, model_label
 from dtlr.services.modeler.nomogram import draw_nomogram, predictor_label
 from dtlr.shared.report import ReportSection, esc, figure_html, fmt_ci, fmt_p, html_table
+from dtlr.shared.stats import HosmerLemeshow
 
 FAMILY_LABELS = {"radiomics": "Radiomics", "dtl": "DTL"}
 SCORE_TITLES = {"radiomics": ("Formula 1", "Rad score"), "dtl": ("Formula 2", "DTL score")}
@@ -59,6 +60,15 @@ class ReportInputs:
     settings: dict[str, object]
     versions: dict[str, str]
     extra_sections: Sequence[ReportSection] = ()
+
+
+def hl_cell(hl: HosmerLemeshow) -> str:
+    """A Hosmer-Lemeshow result for the report's table, its warnings beside the number."""
+    chi2 = "∞" if np.isinf(hl.chi2) else f"{hl.chi2:.2f}"
+    text = f"χ² = {chi2}, df = {hl.df}, p = {hl.p:.3f}"
+    if hl.warnings:  # each warning's first clause; the paragraph below the table explains
+        text += " ⚠ unreliable: " + "; ".join(w.split("; ")[0] for w in hl.warnings)
+    return text
 
 
 def cohort_title(role: str, cohort: str) -> str:
@@ -259,6 +269,7 @@ class _Report:
                                   "PPV (95% CI)", "NPV (95% CI)"], rows, groups=groups))
         self.p("AUC CI: DeLong; proportions: Wilson score intervals; thresholds from the "
                "training set (Youden).")
+        self.p(self.prevalence_note("ppv"))
 
     def table4(self) -> None:
         """Table 4: paired DeLong p-values, one matrix per cohort."""
@@ -279,12 +290,17 @@ class _Report:
             row = [self.labels[m]]
             for ev in evs:
                 hl = ev.hosmer_lemeshow[m]
-                row.append("-" if hl is None else
-                           f"χ² = {hl.chi2:.2f}, df = {hl.df}, p = {hl.p:.3f}")
+                row.append("-" if hl is None else hl_cell(hl))
             rows.append(row)
         self.parts.append(html_table(["", *[cohort_title(e.role, e.cohort) for e in evs]], rows))
         self.p("Deciles of predicted risk (ResourceSelection::hoslem.test grouping); "
-               "p > 0.05 means no evidence of miscalibration.")
+               "p > 0.05 means no evidence of miscalibration. Degrees of freedom: groups − 2 on "
+               "the training set, where the models were fitted, and groups on each test set, an "
+               "external validation sample from which nothing was estimated (Hosmer, Lemeshow & "
+               "Sturdivant 2013, Applied Logistic Regression, 3rd ed., chapter 5). A warning "
+               "beside a result means its chi-square approximation is unreliable: groups with "
+               "fewer than 5 expected events or non-events, fewer than 5 patients per group, or "
+               "risks of exactly 0 or 1.")
 
     def curves(self) -> None:
         """ROC, calibration and decision curves (Figs 5B, 5C, 6)."""
@@ -297,6 +313,31 @@ class _Report:
         self.parts.append(figure_html(figures.dca_figure(evs, labels),
                                   "Decision curves: net benefit of each model, treat-all and "
                                   "treat-none (Fig 6)."))
+        self.p(self.prevalence_note("dca"))
+
+    def prevalence(self) -> float | None:
+        """The population prevalence behind PPV, NPV and the decision curves (None: own)."""
+        return next((ev.prevalence for ev in self.inp.evaluations), None)
+
+    def prevalence_note(self, part: str) -> str:
+        """The sentence under Table 3 ("ppv") or the decision curves ("dca") on prevalence."""
+        prev = self.prevalence()
+        own = ", ".join(f"{ev.cohort} {ev.y.mean():.0%}" for ev in self.inp.evaluations)
+        if prev is None:
+            what = "PPV and NPV are" if part == "ppv" else "Net benefit is"
+            return (f"{what} computed at each cohort's own prevalence of high grade ({own}); "
+                    "for case-control or grade-matched cohorts (the paper matched the grades "
+                    "1:1) set modeler.prevalence to the population's prevalence.")
+        if part == "ppv":
+            return (f"PPV and NPV are those of a population with {prev:.4g} prevalence of high "
+                    f"grade (modeler.prevalence; the cohorts' own: {own}): Bayes' theorem on the "
+                    "sensitivity and specificity, with the logit CIs of Mercaldo, Lau & Zhou "
+                    "(2007; adjusted-logit estimate and CI when a cell of the 2×2 table is 0, "
+                    "as bdpv). Accuracy, sensitivity and specificity are the cohorts' own.")
+        return (f"Net benefit and treat-all are computed at a population prevalence of "
+                f"{prev:.4g} (modeler.prevalence; the cohorts' own: {own}), as dcurves does for "
+                "case-control data: NB = Se(pt)·prevalence − pt/(1 − pt)·(1 − Sp(pt))·(1 − "
+                "prevalence), with each model's risks used as predicted.")
 
     def nomogram(self) -> None:
         """The nomogram figure (Fig 5A) and how its scale is built."""

@@ -147,7 +147,7 @@ def run_modeler(
     clock.lap("fit")
     m = settings.modeler
     evaluations = [evaluate_cohort(model, d.X, d.y, d.cohort, role, m.hosmer_lemeshow_groups,
-                                   m.calibration_bins)
+                                   m.calibration_bins, m.prevalence)
                    for d, role in [(train_data, "train"), *[(t, "test") for t in test_data]]]
     t3 = table3(evaluations)
     metrics = pd.concat([e.metrics for e in evaluations], ignore_index=True)

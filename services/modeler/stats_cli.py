@@ -323,10 +323,36 @@ def dca(
     show_default=True,
     help="quantile: hoslem.test decile cut points; rank: equal-count groups by rank.",
 )
+@click.option(
+    "--sample",
+    type=click.Choice(["development", "external"]),
+    default="development",
+    show_default=True,
+    help="development: the model was fitted on these rows (df = groups - 2, as hoslem.test); "
+    "external: a validation cohort (df = groups; Hosmer, Lemeshow & Sturdivant 2013).",
+)
+@click.option(
+    "--df",
+    "df",
+    type=click.IntRange(min=1),
+    help="Degrees of freedom of the chi-square reference, overriding --sample's rule.",
+)
 def hl(
-    csv: Path, label: str, positive: str, as_json: bool, prob: str, groups: int, method: str
+    csv: Path,
+    label: str,
+    positive: str,
+    as_json: bool,
+    prob: str,
+    groups: int,
+    method: str,
+    sample: str,
+    df: int | None,
 ) -> None:
-    """Hosmer-Lemeshow goodness-of-fit test (ResourceSelection::hoslem.test grouping)."""
+    """Hosmer-Lemeshow goodness-of-fit test (ResourceSelection::hoslem.test grouping).
+
+    Warnings (printed, and under "warnings" in --json) flag groups with fewer than 5 expected
+    events or non-events, more groups than n / 5, and risks of exactly 0 or 1.
+    """
     frame = _read_csv(csv)
     y = _outcome(frame, label, positive, csv)
     values = _numeric(frame, prob, csv)
@@ -335,15 +361,19 @@ def hl(
             f"column '{prob}' in '{csv}' has values outside [0, 1] (min {values.min():g}, "
             f"max {values.max():g}); --prob needs predicted probabilities."
         )
-    result = _library_call(hosmer_lemeshow, y, values, groups=groups, method=method)
+    result = _library_call(
+        hosmer_lemeshow, y, values, groups=groups, method=method, sample=sample, df=df
+    )
     rows = [
         {key: _number(value) for key, value in row.items()}
         for row in result.table.to_dict(orient="records")
     ]
     payload = {
-        "chi2": _number(result.chi2),
+        "chi2": _number(result.chi2),  # null when infinite (see warnings)
         "df": result.df,
+        "df_rule": result.df_rule,
         "p": _number(result.p),
+        "warnings": list(result.warnings),
         "groups": rows,
     }
 
@@ -354,8 +384,13 @@ def hl(
         for row in rows:
             table.add_row(*(_fmt(v, "d" if isinstance(v, int) else ".4g") for v in row.values()))
         console.print(table)
+        rule = {"development": "groups - 2", "external": "groups, external sample"}
         console.print(
-            f"Chi-square = {_fmt(result.chi2)}, df = {result.df}, p = {_fmt(result.p, '.4g')}"
+            f"Chi-square = {_fmt(payload['chi2']) if math.isfinite(result.chi2) else 'inf'}, "
+            f"df = {result.df} ({rule.get(result.df_rule, 'given by --df')}), "
+            f"p = {_fmt(result.p, '.4g')}"
         )
+        for warning in result.warnings:
+            console.print(f"Warning: {warning}.", style="yellow", markup=False)
 
     _emit(as_json, payload, render)

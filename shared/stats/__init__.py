@@ -10,7 +10,12 @@ from dtlr.shared.stats.delong import (
     roc_auc_delong,
 )
 from dtlr.shared.stats.hosmer_lemeshow import HosmerLemeshow, hosmer_lemeshow
-from dtlr.shared.stats.metrics import Estimate, binary_metrics, youden_threshold
+from dtlr.shared.stats.metrics import (
+    Estimate,
+    binary_metrics,
+    predictive_values_at_prevalence,
+    youden_threshold,
+)
 
 __all__ = [
     "DelongPlacements",
@@ -23,6 +28,7 @@ __all__ = [
     "delong_placements",
     "delong_test",
     "hosmer_lemeshow",
+    "predictive_values_at_prevalence",
     "risk_from_score",
     "roc_auc_delong",
     "youden_threshold",

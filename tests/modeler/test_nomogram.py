@@ -18,6 +18,7 @@ from dtlr.services.modeler.nomogram import (
     predictor_label,
 )
 from dtlr.shared.config import Settings
+from dtlr.shared.stats.datadist import display_limits, display_ranges
 from tests.synthetic.cohorts import build_store
 
 
@@ -91,3 +92,81 @@ def test_drawing_has_every_axis_rms_draws(case: Case) -> None:
     assert {predictor_label(n) for n in case.model.nomogram_features_} <= texts
     assert "Rad score" in texts and "0.5" in texts
     assert {"female", "male"} <= texts or "Sex" not in texts
+
+
+def test_display_limits_follow_rms_datadist() -> None:
+    # rms::datadist: q.display = 10 / max(n, 200), R type-7 quantiles at q and 1 - q; in R,
+    # quantile(1:100, c(.05, .95)) = 5.95, 95.05, quantile(1:200, c(.05, .95)) = 10.95, 190.05
+    # and quantile(1:300, c(1/30, 29/30)) = 10.96667, 290.03333 (index 1 + (n - 1) q).
+    assert display_limits(np.arange(1, 101)) == pytest.approx((5.95, 95.05), rel=1e-12)
+    assert display_limits(np.arange(1, 201)) == pytest.approx((10.95, 190.05), rel=1e-12)
+    assert display_limits(np.arange(1, 301)) == pytest.approx((10 + 29 / 30, 290 + 1 / 30),
+                                                              rel=1e-12)
+    # Fewer than 4 distinct values (0/1 findings): the range.
+    assert display_limits([0, 1, 1, 0, 1] * 50) == (0.0, 1.0)
+    assert display_limits([1, 2, 3] * 30) == (1.0, 3.0)
+
+
+class _TwoPredictors:
+    """A fitted nomogram's attributes on a given design (age in years and a Rad score)."""
+
+    def __init__(self, design: pd.DataFrame) -> None:
+        self.nomogram_features_ = list(design.columns)
+        self.nomogram_coef_ = np.array([0.04, 1.5])
+        self.nomogram_intercept_ = -2.5
+        self.nomogram_ranges_ = np.column_stack([design.min(), design.max()])
+        self.nomogram_display_ranges_ = display_ranges(design)
+
+    def nomogram_design(self, X: pd.DataFrame) -> pd.DataFrame:
+        return X[self.nomogram_features_]
+
+
+def test_an_outlier_does_not_squeeze_the_display_axes_and_points_stay_exact() -> None:
+    rng = np.random.default_rng(5)
+    design = pd.DataFrame({"age": rng.normal(55, 10, 250), "rad_score": rng.normal(0, 1, 250)})
+    design.loc[7, "age"] = 900.0  # one mistyped age
+    model = _TwoPredictors(design)
+    full = nomogram_scale(model)  # type: ignore[arg-type]
+    shown = nomogram_scale(model, axis="display")  # type: ignore[arg-type]
+    age = np.sort(design["age"].to_numpy())
+    assert full.high[0] == 900.0
+    # n = 250 >= 200: the age axis runs from about the 10th smallest to the 10th largest age.
+    assert age[9] <= shown.low[0] <= age[10] and age[-11] <= shown.high[0] <= age[-10]
+    assert shown.high[0] < 100
+    # With the full range the outlier stretches the age axis to 0-100 points and
+    # squeeze the Rad score; with display limits the Rad score gets its share back.
+    span = np.abs(shown.coef) * (shown.high - shown.low) * shown.points_per_lp
+    assert span.max() == pytest.approx(100.0)
+    full_span = np.abs(full.coef) * (full.high - full.low) * full.points_per_lp
+    assert span[1] > 4 * full_span[1]  # here 100 points instead of 21
+    # Points are exact for everyone, including beyond the displayed axis: same LP and risk.
+    a = patient_points(model, design)  # type: ignore[arg-type]
+    b = patient_points(model, design, axis="display")  # type: ignore[arg-type]
+    lp = model.nomogram_intercept_ + design.to_numpy() @ model.nomogram_coef_
+    for pts in (a, b):
+        np.testing.assert_allclose(pts["linear_predictor"], lp, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-12)
+    assert b.loc[7, "points_age"] > 100  # past the end of its axis, computed exactly
+    outlier = (900.0 * shown.coef[0] - shown.floor[0]) * shown.points_per_lp
+    assert b.loc[7, "points_age"] == pytest.approx(outlier, rel=1e-12)
+    fig = draw_nomogram(model, "Nomogram", axis="display")  # type: ignore[arg-type]
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    plt.close(fig)
+    assert {predictor_label("age"), "Rad score"} <= texts
+    with pytest.raises(ValueError, match="axis"):
+        nomogram_scale(model, axis="trimmed")  # type: ignore[arg-type]
+
+
+def test_fitted_model_stores_display_ranges_and_binary_axes_keep_0_and_1(case: Case) -> None:
+    model = case.model
+    design = model.training_design(case.train.X, case.train.y, case.train.reader2)
+    np.testing.assert_allclose(model.nomogram_display_ranges_, display_ranges(design))
+    shown = nomogram_scale(model, axis="display")
+    for j, name in enumerate(shown.names):
+        if set(np.unique(design[name])) <= {0.0, 1.0}:
+            assert (shown.low[j], shown.high[j]) == (0.0, 1.0)
+        else:  # n = 120 < 200: the 5th and 95th percentiles
+            assert (shown.low[j], shown.high[j]) == pytest.approx(
+                tuple(np.percentile(design[name], [5, 95])), rel=1e-12)
+    np.testing.assert_allclose(patient_points(model, case.test.X, axis="display")["risk"],
+                               model.predict_proba(case.test.X)[:, 1], rtol=1e-10)

@@ -133,3 +133,35 @@ def test_paper_protocol_is_stated_on_the_first_line(run: Run) -> None:
     # The SVMs do not depend on the nomogram's scores: same AUCs as the leakage-safe run.
     same = run.result.table3["model"] != "nomogram"
     np.testing.assert_allclose(result.table3["auc"][same], run.result.table3["auc"][same])
+
+
+def test_hosmer_lemeshow_df_is_g_minus_2_on_training_and_g_on_test(run: Run) -> None:
+    with run.syn.store.connect() as con:
+        df = con.execute("SELECT cohort, denominator FROM metrics WHERE run_id = ? AND metric = "
+                         "'hosmer_lemeshow_chi2'", [run.result.run_id]).df()
+    assert set(df[df.cohort == "A"]["denominator"]) == {8.0}  # 10 deciles - 2
+    assert set(df[df.cohort == "B"]["denominator"]) == {10.0}  # external: 10 deciles
+    assert "df = 8, p = " in run.html and "df = 10, p = " in run.html
+    # 70 test patients in 10 groups: some deciles expect fewer than 5 events or non-events.
+    assert "⚠ unreliable: " in run.html and "fewer than 5 expected events" in run.html
+    assert "groups on each test set, an external validation sample" in run.html
+
+
+def test_prevalence_setting_gives_population_ppv_npv_and_is_stated(run: Run) -> None:
+    assert "PPV and NPV are computed at each cohort" in run.html
+    settings = Settings.model_validate({"modeler": {"prevalence": 0.1}})
+    result = run_modeler(run.syn.store, "A", ["B"], settings, run_id="prevalence")
+    html = result.report_path.read_text()
+    assert "PPV and NPV are those of a population with 0.1 prevalence of high grade" in html
+    assert "Mercaldo, Lau &amp; Zhou" in html
+    assert "computed at a population prevalence of 0.1 (modeler.prevalence" in html
+    t3, base = result.table3, run.result.table3
+    for metric in ("auc", "accuracy", "sensitivity", "specificity"):
+        np.testing.assert_allclose(t3[metric], base[metric])
+    assert not np.allclose(t3["ppv"], base["ppv"])
+    inner = t3[(t3.sensitivity > 0) & (t3.sensitivity < 1) & (t3.specificity > 0)
+               & (t3.specificity < 1)]
+    assert len(inner) > 0
+    se, sp = inner["sensitivity"], inner["specificity"]
+    np.testing.assert_allclose(inner["ppv"], se * 0.1 / (se * 0.1 + (1 - sp) * 0.9), rtol=1e-12)
+    np.testing.assert_allclose(inner["npv"], sp * 0.9 / (sp * 0.9 + (1 - se) * 0.1), rtol=1e-12)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from scipy.stats import chi2 as chi2_dist
 
 from dtlr.services.modeler.stats_cli import stats
 
@@ -120,7 +122,8 @@ def test_hl_rank_json_matches_utilstat() -> None:
     csv = DATA / "hosmer_lemeshow" / "exampleRecruitment_UtilStat.csv"
     args = ["--csv", str(csv), "--label", "occurred", "--positive", "1", "--prob", "pred"]
     payload = _json("hl", *args, "--method", "rank")
-    assert set(payload) == {"chi2", "df", "p", "groups"}
+    assert set(payload) == {"chi2", "df", "df_rule", "p", "warnings", "groups"}
+    assert payload["df_rule"] == "development"
     assert payload["chi2"] == pytest.approx(28.48646, rel=1e-5)
     assert payload["p"] == pytest.approx(0.0003900657, rel=1e-5)
     assert payload["df"] == 8
@@ -135,6 +138,36 @@ def test_hl_rank_json_matches_utilstat() -> None:
         "expected_0",
     }
     assert sum(group["n"] for group in payload["groups"]) == 26248
+
+
+def test_hl_external_sample_and_df_override() -> None:
+    csv = DATA / "hosmer_lemeshow" / "exampleRecruitment_UtilStat.csv"
+    args = ["--csv", str(csv), "--label", "occurred", "--positive", "1", "--prob", "pred"]
+    external = _json("hl", *args, "--method", "rank", "--sample", "external")
+    assert (external["df"], external["df_rule"]) == (10, "external")
+    assert external["chi2"] == pytest.approx(28.48646, rel=1e-5)
+    assert external["p"] == pytest.approx(chi2_dist.sf(external["chi2"], 10), rel=1e-12)
+    override = _json("hl", *args, "--method", "rank", "--df", "3")
+    assert (override["df"], override["df_rule"]) == (3, "override")
+
+
+def test_hl_warns_in_json_and_table(tmp_path: Path) -> None:
+    csv = tmp_path / "small.csv"
+    csv.write_text("y,p\n0,0.0\n0,0.15\n1,0.3\n0,0.45\n1,0.55\n1,0.7\n0,0.85\n1,1.0\n")
+    args = ["--csv", str(csv), "--label", "y", "--positive", "1", "--prob", "p"]
+    payload = _json("hl", *args)
+    assert any(w.startswith("10 groups for 8 patients") for w in payload["warnings"])
+    assert any("fewer than 5 expected" in w for w in payload["warnings"])
+    assert all(math.isfinite(group["expected_0"]) for group in payload["groups"])
+    assert payload["chi2"] is not None and math.isfinite(payload["p"])
+    table = _run("hl", *args)
+    assert table.exit_code == 0, table.output
+    assert "Warning: 10 groups for 8 patients" in " ".join(table.output.split())
+    # An event at risk 0 makes chi2 infinite: null in JSON, "inf" in the table, p = 0.
+    csv.write_text("y,p\n1,0.0\n0,0.0\n0,0.3\n1,0.5\n1,0.6\n0,0.7\n1,0.9\n0,0.2\n")
+    payload = _json("hl", *args, "--groups", "4")
+    assert payload["chi2"] is None and payload["p"] == 0.0
+    assert "Chi-square = inf" in _run("hl", *args, "--groups", "4").output
 
 
 def test_hl_refuses_non_probability() -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
+from scipy.stats import chi2 as chi2_dist
 
 from dtlr.shared.stats import hosmer_lemeshow
 from dtlr.shared.stats.hosmer_lemeshow import r_quantile_type7
@@ -123,3 +124,83 @@ def test_bad_inputs_raise() -> None:
         hosmer_lemeshow([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], method="deciles")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-empty groups"):
         hosmer_lemeshow([0, 1, 0, 1], [0.1, 0.1, 0.3, 0.3])
+
+
+def test_blorr_partition_warns_of_small_expected_counts(hsb2: pd.DataFrame) -> None:
+    # blorr's printed race partition (BLORR_RACE): expected 1s of 0.29, 0.74, 1.05, 2.04, 2.93
+    # and 4.47 and expected 0s of 4.78 are below 5, so 7 of the 10 groups are too small.
+    fit = smf.glm("honcomp ~ C(race) + read + science", hsb2, family=sm.families.Binomial()).fit()
+    result = hosmer_lemeshow(hsb2["honcomp"], fit.predict())
+    assert result.df_rule == "development"
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith("7 of 10 groups have fewer than 5 expected events")
+    assert "smallest 0.29" in result.warnings[0]
+
+
+def test_external_sample_uses_g_degrees_of_freedom(hsb2: pd.DataFrame) -> None:
+    # Hosmer, Lemeshow & Sturdivant 2013: in a validation sample no parameter was estimated,
+    # so the reference is chi-square with g (not g - 2) degrees of freedom; same statistic.
+    fit = smf.glm("honcomp ~ C(race) + read + science", hsb2, family=sm.families.Binomial()).fit()
+    development = hosmer_lemeshow(hsb2["honcomp"], fit.predict())
+    external = hosmer_lemeshow(hsb2["honcomp"], fit.predict(), sample="external")
+    assert external.chi2 == development.chi2
+    assert (external.df, external.df_rule) == (10, "external")
+    assert external.p == pytest.approx(chi2_dist.sf(5.8839, 10), abs=5e-5)
+    assert external.p > development.p
+    override = hosmer_lemeshow(hsb2["honcomp"], fit.predict(), sample="external", df=7)
+    assert (override.df, override.df_rule) == (7, "override")
+    assert override.p == pytest.approx(chi2_dist.sf(override.chi2, 7), rel=1e-12)
+    rank = hosmer_lemeshow(hsb2["honcomp"], fit.predict(), method="rank", sample="external")
+    assert rank.df == 10
+
+
+def test_too_few_patients_per_group_warns() -> None:
+    # 8 patients in 10 requested groups: 8 single-patient groups, every expected count < 5.
+    prob = np.array([0.05, 0.15, 0.3, 0.45, 0.55, 0.7, 0.85, 0.95])
+    y = np.array([0, 0, 1, 0, 1, 1, 0, 1])
+    result = hosmer_lemeshow(y, prob)
+    assert result.df == 6
+    assert len(result.warnings) == 3
+    only, per_group, small = result.warnings
+    assert only.startswith("the predictions formed only 8 non-empty groups of the 10 requested")
+    assert per_group.startswith("10 groups for 8 patients is more than n / 5 = 1.6")
+    assert small.startswith("8 of 8 groups have fewer than 5 expected events or non-events")
+    # 40 rows in 100 groups (the p = 1e-87 case) warns the same way.
+    rng = np.random.default_rng(1)
+    prob = rng.uniform(0.01, 0.99, 40)
+    many = hosmer_lemeshow(rng.uniform(size=40) < prob, prob, groups=100)
+    assert any(w.startswith("100 groups for 40 patients") for w in many.warnings)
+    # 50 rows in 10 groups is exactly n / 5: no per-group warning.
+    prob = np.linspace(0.3, 0.7, 50)
+    assert not any("patients per group" in w for w in hosmer_lemeshow(prob > 0.5, prob).warnings)
+
+
+def test_risks_of_exactly_zero_or_one_take_their_limit_not_nan() -> None:
+    # Groups of 10 with risks all 0 and all 1 (observed 0 and 10 events), and three groups of
+    # 10 at 0.2, 0.5, 0.8 with 2, 5 and 8 events: those groups fit exactly, the 0/1 groups add
+    # their limit 0, so chi2 = 0; hoslem.test would return NaN (0 / 0).
+    prob = np.repeat([0.0, 0.2, 0.5, 0.8, 1.0], 10)
+    events = [0, 2, 5, 8, 10]
+    y = np.concatenate([np.r_[np.ones(k), np.zeros(10 - k)] for k in events])
+    result = hosmer_lemeshow(y, prob, groups=5)
+    assert len(result.table) == 5
+    assert result.chi2 == pytest.approx(0.0, abs=1e-20) and result.p == pytest.approx(1.0)
+    assert any(w.startswith("2 group(s) have an expected count of 0") and "add 0" in w
+               for w in result.warnings)
+    # R's glm clamps risks to [DBL_EPSILON, 1 - DBL_EPSILON]: the same statistic to 1e-12.
+    eps = np.finfo(np.float64).eps
+    clamped = hosmer_lemeshow(y, np.clip(prob, eps, 1 - eps), groups=5)
+    assert clamped.chi2 == pytest.approx(result.chi2, abs=1e-12)
+    # An event at risk 0: the model ruled out what happened; chi2 is infinite, p = 0.
+    y[0] = 1
+    ruled_out = hosmer_lemeshow(y, prob, groups=5)
+    assert ruled_out.chi2 == np.inf and ruled_out.p == 0.0
+    assert any("chi2 is infinite" in w for w in ruled_out.warnings)
+
+
+def test_bad_sample_and_df_raise() -> None:
+    prob = np.linspace(0.1, 0.9, 30)
+    with pytest.raises(ValueError, match="sample"):
+        hosmer_lemeshow(prob > 0.5, prob, sample="test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="df"):
+        hosmer_lemeshow(prob > 0.5, prob, df=0)

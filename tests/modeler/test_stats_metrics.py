@@ -99,3 +99,64 @@ def test_youden_threshold_unique_optimum_is_reproduced_by_ge() -> None:
 def test_youden_needs_both_classes() -> None:
     with pytest.raises(ValueError, match="positive and one negative"):
         youden_threshold([1, 1], [0.2, 0.3])
+
+
+# van de Vijver et al. (2002) 70-gene signature, a case-control sample: 31 of 34 cases and 12 of
+# 44 controls have a poor signature. Published in CIfinder's vignette (cran/CIfinder
+# inst/doc/CIfinder.html, ppv_npv_ci(31, 34, 32, 44, prevalence = 0.07, method = "zhou"),
+# "logit_transformed" = Mercaldo, Lau & Zhou 2007's logit interval), and for the special case
+# with no false positives (x0 = n0 = 44) with continuity.correction = TRUE, their adjusted logit.
+VIJVER = {
+    "standard": ((31, 12, 3, 32), (0.2010444, 0.1331384, 0.2919216),
+                 (0.9909508, 0.9734141, 0.9969560)),
+    "no_false_positive": ((31, 0, 3, 44), (0.6199169, 0.2886800, 0.8676335),
+                          (0.9899059, 0.9772354, 0.9955563)),
+}
+
+
+def _cohort(tp: int, fp: int, fn: int, tn: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and 0/1 calls with these counts (called positive when prob >= 0.5)."""
+    y = np.r_[np.ones(tp + fn), np.zeros(fp + tn)]
+    prob = np.r_[np.ones(tp), np.zeros(fn), np.ones(fp), np.zeros(tn)]
+    return y, prob
+
+
+@pytest.mark.parametrize("case", sorted(VIJVER))
+def test_predictive_values_at_prevalence_match_cifinder(case: str) -> None:
+    counts, ppv, npv = VIJVER[case]
+    metrics = binary_metrics(*_cohort(*counts), 0.5, prevalence=0.07)
+    for name, expected in (("ppv", ppv), ("npv", npv)):
+        est = metrics[name]
+        assert (est.value, est.ci_low, est.ci_high) == pytest.approx(expected, abs=5e-8)
+    tp, fp, fn, tn = counts
+    assert (metrics["ppv"].numerator, metrics["ppv"].denominator) == (tp, tp + fp)
+    assert (metrics["npv"].numerator, metrics["npv"].denominator) == (tn, tn + fn)
+    # Sensitivity, specificity and accuracy stay the sample's Wilson estimates.
+    plain = binary_metrics(*_cohort(*counts), 0.5)
+    for name in ("accuracy", "sensitivity", "specificity"):
+        assert metrics[name] == plain[name]
+
+
+def test_predictive_values_at_prevalence_are_bayes_on_sensitivity_and_specificity() -> None:
+    # Y/PROB above: Se = 3/4, Sp = 5/6. At prevalence 0.2, PPV = 0.75 * 0.2 / (0.75 * 0.2 +
+    # (1/6) * 0.8) = 0.15 / 0.28333 = 9/17 and NPV = (5/6) 0.8 / ((5/6) 0.8 + 0.25 * 0.2) =
+    # 0.66667 / 0.71667 = 40/43; logit(PPV) has variance (1 - Se)/(Se n1) + Sp/((1 - Sp) n0) =
+    # (1/3)/4 + 5/6 = 11/12.
+    metrics = binary_metrics(Y, PROB, 0.5, prevalence=0.2)
+    assert metrics["ppv"].value == pytest.approx(9 / 17, rel=1e-12)
+    assert metrics["npv"].value == pytest.approx(40 / 43, rel=1e-12)
+    half = norm.ppf(0.975) * math.sqrt(11 / 12)
+    logit = math.log(9 / 8)
+    expected = (1 / (1 + math.exp(-(logit - half))), 1 / (1 + math.exp(-(logit + half))))
+    assert (metrics["ppv"].ci_low, metrics["ppv"].ci_high) == pytest.approx(expected, rel=1e-12)
+    # At the sample's own prevalence (0.4) Bayes gives the sample PPV and NPV back.
+    at_sample = binary_metrics(Y, PROB, 0.5, prevalence=0.4)
+    assert at_sample["ppv"].value == pytest.approx(3 / 4, rel=1e-12)
+    assert at_sample["npv"].value == pytest.approx(5 / 6, rel=1e-12)
+
+
+def test_predictive_values_at_prevalence_need_both_classes_and_a_valid_prevalence() -> None:
+    one_class = binary_metrics([1, 1, 1], [0.9, 0.2, 0.7], 0.5, prevalence=0.1)
+    assert math.isnan(one_class["ppv"].value) and math.isnan(one_class["npv"].ci_low)
+    with pytest.raises(ValueError, match="prevalence"):
+        binary_metrics(Y, PROB, 0.5, prevalence=1.0)
