@@ -9,6 +9,8 @@ is zero at the estimate).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +25,7 @@ from dtlr.services.modeler.clinical import (
     infinite_estimates,
     logistic_fit,
 )
+from dtlr.services.modeler.report import _Report
 
 # logistf::sex2 (urinary tract infection, 239 women; LogXact 9 manual): each pattern of
 # case age oc vic vicl vis dia, with its count.
@@ -228,3 +231,20 @@ def test_one_outcome_class_in_the_complete_cases_gives_no_p_value() -> None:
     assert out["method"][0] == "failed" and np.isnan(out["p"][0])
     assert "one outcome class" in out["reason"][0]
 
+
+def test_table_2_marks_firth_and_aliased_cells_and_explains_them() -> None:
+    X, y = _clinical(300, 2, {"sex": 1.5, "shape": 1.2})
+    rng = np.random.default_rng(5)
+    X["surrounding_invasion"] = np.where((y == 1) & (rng.random(len(y)) < 0.3), 1.0, 0.0)
+    X["female"] = 1 - X["sex"]
+    sel = ClinicalSelector().fit(X, y)
+    model = SimpleNamespace(clinical_=SimpleNamespace(named_steps={"select": sel}),
+                            model_names=[], families_=[])
+    report = _Report(SimpleNamespace(model=model))  # type: ignore[arg-type]
+    report.table2()
+    html = "\n".join(report.parts)
+    assert "aliased (not estimable)" in html
+    assert html.count(" †") >= 4  # Firth's OR and p in both regressions
+    assert "Firth&#x27;s penalised likelihood" in html
+    assert "penalised likelihood-ratio test" in html and "Konis" in html
+    assert "female is aliased with sex (female = 1 - sex)" in html
