@@ -141,23 +141,46 @@ class _Report:
         t = sel.table()
         self.h2("Table 2. Univariable and multivariable logistic regression of clinical "
                 "features (training set)")
-        rows = []
-        for r in t.itertuples():
-            rows.append([display_name(r.feature),
-                         fmt_ci(r.uni_odds_ratio, r.uni_ci_low, r.uni_ci_high),
-                         fmt_p(r.uni_p),
-                         fmt_ci(r.multi_odds_ratio, r.multi_ci_low, r.multi_ci_high)
-                         if np.isfinite(r.multi_p) else "", fmt_p(r.multi_p)
-                         if np.isfinite(r.multi_p) else "", "yes" if r.selected else ""])
+
+        def cells(r: pd.Series, side: str) -> list[str]:
+            method = r[f"{side}_method"]
+            if method == "aliased":
+                return ["aliased (not estimable)", ""]
+            if not np.isfinite(r[f"{side}_p"]):  # constant, or did not enter the model
+                return ["-", "-"] if side == "uni" else ["", ""]
+            mark = " †" if method == "firth" else ""
+            bounds = [f"{r[f'{side}_ci_{b}']:.3f}" if np.isfinite(r[f"{side}_ci_{b}"]) else "?"
+                      for b in ("low", "high")]  # ?: a profile bound that did not converge
+            return [f"{r[f'{side}_odds_ratio']:.3f} ({bounds[0]}–{bounds[1]}){mark}",
+                    fmt_p(r[f"{side}_p"]) + mark]
+
+        rows = [[display_name(r["feature"]), *cells(r, "uni"), *cells(r, "multi"),
+                 "yes" if r["selected"] else ""] for _, r in t.iterrows()]
         self.parts.append(html_table(["Feature", "Univariable OR (95% CI)", "p",
                                   "Multivariable OR (95% CI)", "p", "Selected"], rows))
         chosen = ", ".join(display_name(f) for f in sel.get_feature_names_out())
         self.p(f"Features with univariable p < {sel.p_threshold:g} entered the multivariable "
                f"model; those with multivariable p < {sel.p_threshold:g} were selected: "
                f"{chosen}. The paper reports Cox log(HR); for a binary grade the matching model "
-               "is logistic regression, shown as odds ratios with Wald 95% CIs.")
-        if sel.note_:
-            self.p(f"Fallback: {sel.note_}.", "note")
+               "is logistic regression, shown as odds ratios with 95% CIs: maximum likelihood "
+               "with Wald tests and CIs, unless marked.")
+        methods = {m for side in ("uni", "multi") for m in t[f"{side}_method"]}
+        legend = []
+        if "firth" in methods:
+            legend.append("† Firth's penalised likelihood (Heinze & Schemper 2002, as R's "
+                          "logistf): p from the penalised likelihood-ratio test, 95% CI from "
+                          "the profile penalised likelihood; used where the data are "
+                          "separated (some maximum-likelihood estimate is infinite, by Konis' "
+                          "linear program: the Wald p would tend to 1) or maximum likelihood "
+                          "did not converge.")
+        if any("?" in c for row in rows for c in row):
+            legend.append("?: a profile-likelihood CI bound that could not be found.")
+        if "aliased" in methods:
+            legend.append("Aliased: an exact linear combination of the other features in that "
+                          "model, left out of it (R's glm reports NA).")
+        if legend or sel.note_:
+            self.p(" ".join([*legend, *([f"Details: {sel.note_}."] if sel.note_ else [])]),
+                   "note")
 
     def selection(self) -> None:
         """Per family: features left after each step, lambda, formula, Figs 2 and 3."""

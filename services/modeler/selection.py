@@ -151,7 +151,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     lambda on the path that keeps any feature is used instead and ``note_`` says so. The path
     stops after ``max_steps`` LARS steps (about as many features entered), like glmnet's
     ``dfmax``: selections are far smaller (the paper kept 32 and 28 features), and the tail of
-    the path is what costs; ``note_`` says so if CV chose the path's last point.
+    the path is what costs; ``note_`` says so if CV chose the path's last point. The cap
+    applies to the cross-validation paths; the refit on all training rows may need more steps
+    to reach the CV lambda, and then takes them (``note_`` says how many), so ``alpha_`` is
+    always the lambda at which ``coef_`` solves the LASSO, never a lambda the capped path did
+    not reach.
     ``transform`` returns the selected columns; :meth:`linear_score` gives the score
     (intercept + coefficients x features). y is the binary grade (two classes, the larger one
     is "high"); X must be finite. Fitted: ``alpha_``, ``cv_alpha_``, ``coef_``,
@@ -174,20 +178,22 @@ class LassoSelector(SelectorMixin, BaseEstimator):
                              f"got {minority}")
         folds = min(self.cv_folds, minority)
         cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+        Xc, yc = X - X.mean(axis=0), yf - yf.mean()
         with warnings.catch_warnings():
             # LARS warns when collinear features make a step degenerate; it drops the feature.
             warnings.simplefilter("ignore", ConvergenceWarning)
             lasso = LassoLarsCV(cv=cv, max_iter=self.max_steps).fit(X, yf)
-            # The whole path on all training rows (the CV refit stops at the chosen lambda).
-            self.alphas_, _, self.coef_path_ = lars_path(
-                X - X.mean(axis=0), yf - yf.mean(), method="lasso", max_iter=self.max_steps)
+            # The path on all training rows, for the report and the coefficients.
+            self.alphas_, _, self.coef_path_ = lars_path(Xc, yc, method="lasso",
+                                                         max_iter=self.max_steps)
         self.cv_alphas_ = lasso.cv_alphas_
         self.mse_path_ = lasso.mse_path_  # (cv_alphas, folds)
         self.cv_alpha_ = float(lasso.alpha_)
-        coef, alpha, note = lasso.coef_, float(lasso.alpha_), ""
-        if alpha <= self.cv_alphas_.min():
-            note = (f"cross-validation chose the end of the path ({self.max_steps} LARS steps): "
-                    "more features might fit better; raise modeler.lasso_max_steps")
+        coef, alpha, note = self._refit(Xc, yc, self.cv_alpha_)
+        if self.cv_alpha_ <= self.cv_alphas_.min():
+            note = "; ".join(filter(None, [
+                note, f"cross-validation chose the end of the path ({self.max_steps} LARS "
+                "steps): more features might fit better; raise modeler.lasso_max_steps"]))
         if not np.any(coef != 0):
             nonzero = np.flatnonzero((self.coef_path_ != 0).any(axis=0))
             if nonzero.size == 0:
@@ -203,6 +209,39 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         self.support_ = coef != 0
         self.note_ = note
         return self
+
+    def _refit(self, Xc: NDArray[np.float64], yc: NDArray[np.float64], alpha: float,
+               ) -> tuple[NDArray[np.float64], float, str]:
+        """The LASSO solution on all training rows at ``alpha``: coefficients, the lambda
+        they solve the LASSO at, and a note when the step cap had to be lifted.
+
+        LARS ends its path exactly at ``alpha`` (interpolating the last step), unless the
+        step cap stops it first: the full-data path can need more steps than the folds'
+        paths did. Then the cap is doubled until the path reaches ``alpha`` (or ends: the
+        active set is saturated), so the reported lambda is always the coefficients' own.
+        """
+        cap, tol = self.max_steps, float(np.finfo(np.float32).eps)  # lars_path's tolerance
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                alphas, _, path = lars_path(Xc, yc, method="lasso", alpha_min=alpha,
+                                            max_iter=cap)
+            steps = len(alphas) - 1
+            if alphas[-1] <= alpha + tol or steps < cap or cap > 8 * max(Xc.shape):
+                break
+            cap *= 2
+        note = ""
+        if steps > self.max_steps:
+            note = (f"the LARS path on all training rows needed {steps} steps to reach the "
+                    f"cross-validated lambda (modeler.lasso_max_steps = {self.max_steps}): "
+                    "the refit path was extended to it")
+            self.alphas_, self.coef_path_ = alphas, path  # the report's path reaches it too
+        if alphas[-1] > alpha + tol:
+            note = "; ".join(filter(None, [
+                note, f"the LARS path on all training rows ends at lambda {alphas[-1]:.4g} "
+                f"(after {steps} steps), above the cross-validated lambda ({alpha:.4g}): "
+                "used the path's end"]))
+        return path[:, -1], float(alphas[-1]), note
 
     def _get_support_mask(self) -> NDArray[np.bool_]:
         check_is_fitted(self)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
-from sklearn.linear_model import Lasso, LassoLarsCV
+from sklearn.linear_model import Lasso, LassoLarsCV, lars_path
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
@@ -133,3 +133,38 @@ def test_selection_pipeline_on_dataframes_names_the_selected_features() -> None:
     z = pipe.named_steps["zscore"]
     np.testing.assert_allclose(z.mean_, frame.to_numpy()[:, pipe.named_steps["icc"].support_]
                                .mean(axis=0))
+
+
+def _kkt_gap(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: float,
+             alpha: float) -> tuple[float, float]:
+    """How far coef is from the LASSO solution at alpha (sklearn's scale, 1/(2n) loss):
+    max |X^T r|/n - alpha off the support, and max |X^T r/n - alpha sign(b)| on it."""
+    grad = X.T @ (y - X @ coef - intercept) / len(y)
+    on = coef != 0
+    off_gap = float(np.max(np.abs(grad[~on])) - alpha) if (~on).any() else -np.inf
+    on_gap = float(np.max(np.abs(grad[on] - alpha * np.sign(coef[on]))))
+    return off_gap, on_gap
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lasso_lambda_is_the_one_whose_coefficients_are_used_when_the_step_cap_bites(
+        seed: int) -> None:
+    # n = 340, p = 600, 200 weak true effects: CV wants more than the 100-step cap gives the
+    # full-data path (the folds' paths, on fewer rows, reach further in 100 steps).
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(340, 600))
+    w = np.zeros(600)
+    w[:200] = rng.normal(0, 0.3, 200)
+    y = (X @ w + rng.normal(size=340) > 0).astype(int)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    sel = LassoSelector(cv_folds=5, max_steps=100, random_state=0).fit(X, y)
+    off_gap, on_gap = _kkt_gap(X, y.astype(float), sel.coef_, sel.intercept_, sel.alpha_)
+    assert off_gap <= 1e-9 and on_gap <= 1e-9  # coef_ is the LASSO solution at alpha_ ...
+    assert sel.alpha_ == sel.cv_alpha_  # ... and alpha_ is the cross-validated lambda
+    capped = lars_path(X, y - y.mean(), method="lasso", max_iter=100)[0]
+    assert capped[-1] > sel.cv_alpha_  # the cap bit: 100 steps stop above the CV lambda
+    assert "needed" in sel.note_ and "steps to reach the cross-validated lambda" in sel.note_
+    assert sel.alphas_[-1] == sel.alpha_  # the reported path reaches the chosen lambda
+    # The capped refit's coefficients (what was used before) solve the LASSO at another lambda.
+    assert _kkt_gap(X, y.astype(float), sel.coef_path_[:, 100], sel.intercept_,
+                    sel.alpha_)[1] > 1e-4
