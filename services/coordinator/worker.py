@@ -151,8 +151,10 @@ def worker(queue: str, concurrency: int | None, gpu: int | None, gpus: str | Non
     cores = os.cpu_count() or 1
     if queue == "gpu":
         if gpu is not None:
-            # Before torch is imported anywhere in this process: the worker sees one device.
+            # Before torch is imported anywhere in this process: the worker sees one device,
+            # and a task that would fall back to the CPU fails loudly (profiles.DeviceError).
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            os.environ["DTLR_WORKER_DEVICE"] = f"GPU {gpu}"
         concurrency = 1
     concurrency = concurrency or cores
     os.environ[THREADS_ENV] = str(threads or 1)

@@ -31,7 +31,7 @@ import torch
 
 from dtlr.services.gpu_worker.data import SliceRef, list_slices, load_images
 from dtlr.services.gpu_worker.model import FEATURES, DTLNet, batched, load_checkpoint
-from dtlr.services.gpu_worker.profiles import Runtime, deterministic
+from dtlr.services.gpu_worker.profiles import Runtime
 from dtlr.shared import manifest
 from dtlr.shared.hashing import content_key, file_digest
 from dtlr.shared.provenance import versions
@@ -40,7 +40,7 @@ from dtlr.shared.store import StatusRecord, Store, StoreWriteError, feature_tabl
 
 STAGE = "embed"
 # Bump when this stage's code changes its outputs: every cached embedding is then recomputed.
-CODE_VERSION = "embed-1"
+CODE_VERSION = "embed-2"
 COLUMNS = tuple(f"dtl_{i:04d}" for i in range(FEATURES))
 
 
@@ -115,16 +115,20 @@ def computing_model(crossfit: dict[str, Any] | None, cohort: str, patient_id: st
 
 
 def embed_images(net: DTLNet, images: torch.Tensor, runtime: Runtime) -> np.ndarray:
-    """(N, 1, S, S) uint8 slices -> (N, 2048) float32 features, batch by batch, reproducibly."""
-    with deterministic(runtime.device):
-        feats = batched(net.features, images, runtime, runtime.profile.embed_batch_size)
-    return feats.cpu().numpy()
+    """(N, 1, S, S) uint8 slices -> (N, 2048) float32 features, batch by batch, reproducibly
+    (fp32, deterministic kernels: see :func:`dtlr.services.gpu_worker.model.batched`)."""
+    return batched(net.features, images, runtime, runtime.profile.embed_batch_size).cpu().numpy()
 
 
 def embedding_key(loaded: LoadedModel, slices: dict[int, SliceRef], runtime: Runtime) -> str:
-    """Content key of one patient's features: checkpoint bytes, slice keys, precision, code."""
+    """Content key of one patient's features: checkpoint bytes, slice keys, code.
+
+    Features are computed in fp32 on every device, so they do not depend on where they were
+    computed (beyond the tolerance tests/gpu_worker/test_device.py states): the key does not
+    name the device, and a CPU worker reuses a GPU worker's features of the same checkpoint.
+    """
     return content_key(CODE_VERSION, loaded.checkpoint_sha256,
-                       sorted((r, s.key) for r, s in slices.items()), runtime.precision)
+                       sorted((r, s.key) for r, s in slices.items()))
 
 
 def is_embedded(store: Store, cohort: str, model_id: str, patient_id: str) -> bool:

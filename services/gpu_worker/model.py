@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from dtlr.services.gpu_worker.data import normalise
-from dtlr.services.gpu_worker.profiles import Runtime, autocast
+from dtlr.services.gpu_worker.profiles import Runtime, deterministic, on_device
 from dtlr.shared.hashing import file_digest
 from dtlr.shared.store import Store
 
@@ -47,13 +47,28 @@ class DTLNet(nn.Module):
         nn.init.zeros_(self.head[1].weight)
         nn.init.zeros_(self.head[1].bias)
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised images -> (N, 2048, S/32, S/32) layer4 feature map."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) normalised images -> (N, 2048) penultimate features."""
-        return self.backbone(x)
+        """(N, 3, S, S) normalised images -> (N, 2048) penultimate features, always fp32.
+
+        The trunk may run under autocast (training on a GPU); the global average pool runs in
+        fp32 outside it, so a feature is an fp32 mean of the map rather than a bf16 number
+        (bf16 keeps 8 bits: 78 % of feature columns tied across 24 slices).
+        """
+        fmap = self.trunk(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(fmap.float(), 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) normalised images -> (N,) logits of high grade."""
-        return self.head(self.features(x)).squeeze(1)
+        """(N, 3, S, S) normalised images -> (N,) fp32 logits of high grade (head in fp32)."""
+        feats = self.features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(feats).squeeze(1)
 
 
 def weights_identity(weights: str) -> dict[str, str]:
@@ -160,9 +175,11 @@ def load_checkpoint(path: Path, dropout: float) -> DTLNet:
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, runtime: Runtime,
             batch_size: int) -> torch.Tensor:
-    """``fn`` over normalised batches of a uint8 image tensor: inference mode, autocast, float32."""
+    """``fn`` over normalised batches of a uint8 image tensor: inference mode, fp32, no TF32
+    (deterministic kernels), on the runtime's device; so a checkpoint's outputs agree between
+    CPU and GPU workers (tests/gpu_worker/test_device.py states the tolerance)."""
     outs = []
-    with torch.inference_mode(), autocast(runtime):
+    with torch.inference_mode(), on_device(runtime.device), deterministic(runtime.device):
         for start in range(0, images.shape[0], batch_size):
             x = normalise(images[start:start + batch_size], runtime.channels_last)
             outs.append(fn(x).float())

@@ -21,7 +21,21 @@ weights (no ImageNet download there): synthetic slices (tests/synthetic/slices.p
 embedding 3.4 s; from random weights the CNN does not learn the demo's phantoms in 6 epochs
 (validation AUC about 0.5), which is what ImageNet weights are for.
 
-Any field set in :class:`shared.config.CNNSettings` overrides the profile's value.
+Any field set in :class:`dtlr.shared.config.CNNSettings` overrides the profile's value.
+
+Devices and numbers. A worker pinned to a GPU runs all its CUDA work inside that device
+(:func:`on_device`: streams, the captured graph and allocations live on it). Training runs in
+bf16 autocast on GPUs with native bf16 (compute capability >= 8) and in fp32 elsewhere
+(:func:`precision_for`); the global pool and the head are fp32 in any case. Inference
+(validation logits, DTL features, Grad-CAM) is always fp32 with deterministic kernels and no
+TF32, so the features of one checkpoint agree between CPU and GPU workers (to 1e-4 of the
+feature vector's norm; tests/gpu_worker/test_device.py and benchmarks/bench_gpu.py) and do not
+depend on the batch size: their key names the checkpoint, not the device. What is not
+deterministic on CUDA: fine-tuning (cuDNN's fastest backward kernels and atomics reorder
+sums), so two GPU runs of the same inputs give different weights. A model id therefore names
+the training procedure (inputs, settings, seed, device type, precision), not its exact
+weights: a finished model is reused rather than retrained, the same policy as not retraining
+it at all; on the CPU fine-tuning is bit-reproducible (deterministic algorithms, one thread).
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from typing import Any
 import torch
 
 from dtlr.shared.config import CNNSettings
+from dtlr.shared.stage import InputError
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,7 @@ class Runtime:
 
     device: torch.device
     profile: Profile
-    precision: str  # "bf16" (autocast) or "fp32"
+    precision: str  # of the training step: "bf16" (autocast) or "fp32"; inference is fp32
     channels_last: bool
     cuda_graph: bool
     threads: int
@@ -103,9 +118,49 @@ def cpu_threads(setting: int | None, profile: str) -> int:
     return len(os.sched_getaffinity(0))
 
 
+# Set by `dtlr worker --queue gpu --gpu N` / `--gpus all`: this process is meant to run on a
+# GPU, so falling back to the CPU would silently train the quick CPU profile instead.
+WORKER_DEVICE_ENV = "DTLR_WORKER_DEVICE"
+
+
+class DeviceError(InputError):
+    """The process cannot use the device it was started for; the message says what to check."""
+
+
+def precision_for(device_type: str, capability: tuple[int, int] | None) -> str:
+    """Training precision: bf16 autocast on GPUs with native bf16 (compute capability >= 8:
+    A100, H100/H200, L4, RTX 30xx and newer), fp32 everywhere else.
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on V100 and T4, where bf16 is emulated
+    and slow; fp16 would need a gradient scaler, whose overflow checks synchronise with the
+    host and break the captured CUDA graph, so those GPUs train in fp32 (still with the graph).
+    """
+    if device_type == "cuda" and capability is not None and capability >= (8, 0):
+        return "bf16"
+    return "fp32"
+
+
+def on_device(device: torch.device) -> AbstractContextManager[Any]:
+    """Make ``device`` the current CUDA device for the block (streams, graphs, allocations);
+    a no-op on the CPU. Every CUDA operation of a worker runs inside it."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
 def resolve(cnn: CNNSettings) -> Runtime:
-    """The runtime for these settings on this machine, and set torch's CPU thread count."""
+    """The runtime for these settings on this machine, and set torch's CPU thread count.
+
+    A worker started for a GPU (``$DTLR_WORKER_DEVICE``) that cannot use CUDA fails loudly
+    (:class:`DeviceError`) instead of falling back to the CPU.
+    """
+    expected = os.environ.get(WORKER_DEVICE_ENV)
     device = pick_device(cnn.device)
+    if expected and device.type != "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise DeviceError(
+            f"this gpu-queue worker was started for {expected} (CUDA_VISIBLE_DEVICES={visible}) "
+            "but CUDA is not usable in this process (torch.cuda.is_available() is False): check "
+            "the driver and the container's GPU runtime (nvidia-smi), or start the worker "
+            "without --gpu/--gpus to run the CNN on the CPU")
     name = cnn.profile if cnn.profile != "auto" else ("paper" if device.type == "cuda"
                                                       else "quick")
     base = PROFILES[name]
@@ -117,26 +172,30 @@ def resolve(cnn: CNNSettings) -> Runtime:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     cuda = device.type == "cuda"
-    return Runtime(device=device, profile=profile,
-                   precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32",
+    capability = torch.cuda.get_device_capability(device) if cuda else None
+    return Runtime(device=device, profile=profile, precision=precision_for(device.type,
+                                                                           capability),
                    channels_last=True, cuda_graph=cuda and cnn.cuda_graph, threads=threads)
 
 
 @contextmanager
 def deterministic(device: torch.device) -> Iterator[None]:
-    """Reproducible kernels: deterministic algorithms on the CPU, deterministic cuDNN on CUDA.
+    """Reproducible fp32 kernels: deterministic algorithms on the CPU; on CUDA deterministic
+    cuDNN and no TF32 (its 10-bit mantissa would make a GPU's features differ from a CPU's).
 
     On CUDA, training runs outside this (some backward kernels have no deterministic version,
-    and the speed target needs the fast ones); embedding runs inside it, so a checkpoint's
-    features are reproducible.
+    and the speed target needs the fast ones); embedding and validation run inside it.
     """
     if device.type == "cuda":
-        old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                 torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         try:
             yield
         finally:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+            (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = flags
         return
     old_flag = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -147,7 +206,8 @@ def deterministic(device: torch.device) -> Iterator[None]:
 
 
 def autocast(runtime: Runtime, cache: bool = True) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (weight-cast cache off inside a CUDA graph), nothing in fp32."""
+    """bf16 autocast for the training step on CUDA (weight-cast cache off inside a CUDA
+    graph); nothing in fp32. Inference (validation logits, DTL features) never autocasts."""
     if runtime.autocast_dtype is None:
         return nullcontext()
     return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype, cache_enabled=cache)

@@ -56,7 +56,7 @@ from dtlr.services.gpu_worker.model import (
     save_checkpoint,
     weights_identity,
 )
-from dtlr.services.gpu_worker.profiles import PAPER, Profile, Runtime, resolve
+from dtlr.services.gpu_worker.profiles import PAPER, Profile, Runtime, on_device, resolve
 from dtlr.services.gpu_worker.train import fit
 from dtlr.shared.config import Settings
 from dtlr.shared.hashing import content_key, file_digest
@@ -160,7 +160,7 @@ def plan_finetune(store: Store, train_cohort: str, settings: Settings,
         CODE_VERSION, _ids(fit_refs), _ids(val_refs), _profile_key(runtime.profile),
         cnn.model_dump(mode="json", include={"momentum", "weight_decay", "dropout", "protocol",
                                              "val_fraction"}),
-        settings.seed, weights, runtime.precision, [fold, folds])
+        settings.seed, weights, runtime.device.type, runtime.precision, [fold, folds])
     return TrainingPlan(model_id, runtime, fit_refs, val_refs,
                         [r.patient_id for r in train_refs if r.label is None], weights,
                         fold, folds)
@@ -239,7 +239,8 @@ def finetune(store: Store, train_cohort: str, settings: Settings,
             run.skip()
         else:
             run.start()
-            _train(store, plan, train_cohort, settings)
+            with on_device(plan.runtime.device):
+                _train(store, plan, train_cohort, settings)
     assert run.record is not None
     return run.record
 
@@ -300,8 +301,9 @@ def embed(store: Store, cohort: str, model_id: str, settings: Settings,
     patient gets an "embed" status record; the coordinator refreshes the catalog afterwards.
     """
     runtime = resolve(settings.cnn)
-    loaded = embed_stage.load_model(store, model_id, runtime)
-    return embed_stage.embed_cohort(store, cohort, loaded, runtime, patient_ids, submission)
+    with on_device(runtime.device):
+        loaded = embed_stage.load_model(store, model_id, runtime)
+        return embed_stage.embed_cohort(store, cohort, loaded, runtime, patient_ids, submission)
 
 
 def _stored_features(store: Store, cohort: str, model_id: str) -> tuple[list[str], np.ndarray]:
@@ -384,7 +386,9 @@ def cnn_report(store: Store, model_id: str, cohorts: Sequence[str],
 def cnn_report_section(store: Store, model_id: str, cohorts: Sequence[str],
                        settings: Settings | None = None) -> ReportSection:
     """The modeler report's CNN section: notes, metrics, training curve, Grad-CAM overlays."""
-    rep = cnn_report(store, model_id, cohorts, settings)
+    runtime = resolve((settings or Settings()).cnn)
+    with on_device(runtime.device):
+        rep = cnn_report(store, model_id, cohorts, settings)
     curve = training_curve(rep["train_log"], rep["chosen_epoch"])
     caption = (f"Fine-tuning of model {model_id}: training loss, and loss and AUC on the "
                f"validation split of the training cohort; epoch {rep['chosen_epoch']} was kept "

@@ -30,7 +30,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 
 from dtlr.services.gpu_worker.data import N_AUG, augment, normalise
 from dtlr.services.gpu_worker.model import DTLNet, batched
-from dtlr.services.gpu_worker.profiles import Runtime, autocast, deterministic
+from dtlr.services.gpu_worker.profiles import Runtime, autocast, deterministic, on_device
 from dtlr.shared.config import CNNSettings
 
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (PyTorch's documented recipe)
@@ -99,6 +99,14 @@ def _make_step(model: DTLNet, opt: torch.optim.Optimizer, images: torch.Tensor,
 
 def fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
         val_y: torch.Tensor, runtime: Runtime, cnn: CNNSettings, seed: int) -> FitResult:
+    """Fine-tune ``model`` on the runtime's device (made the current CUDA device, so the
+    capture stream and the graph live on it: cuda:1 captures on cuda:1, not on cuda:0)."""
+    with on_device(runtime.device):
+        return _fit(model, train_x, train_y, val_x, val_y, runtime, cnn, seed)
+
+
+def _fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+         val_y: torch.Tensor, runtime: Runtime, cnn: CNNSettings, seed: int) -> FitResult:
     """Fine-tune ``model`` in place and leave it holding the chosen epoch's weights.
 
     ``train_x``/``val_x``: (N, 1, S, S) uint8 on the runtime's device; ``*_y``: float 0/1.
@@ -128,8 +136,7 @@ def fit(model: DTLNet, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     chosen = 1
     notes: list[str] = []
     # Dropout draws from torch's global generators: fork them so seeding stays local.
-    devices = ([torch.cuda.current_device() if device.index is None else device.index]
-               if device.type == "cuda" else [])
+    devices = [torch.cuda.current_device()] if device.type == "cuda" else []
     exact = deterministic(device) if device.type == "cpu" else nullcontext()
     t_epochs = time.perf_counter()
     with torch.random.fork_rng(devices=devices), exact:

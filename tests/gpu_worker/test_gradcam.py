@@ -110,7 +110,7 @@ def test_cnn_report(trained: tuple[Store, str, Settings]) -> None:
         run.embed(store, cohort, model_id, settings)
     report = run.cnn_report(store, model_id, ["train", "test"], settings)
     assert set(report["metrics"]) == {"train", "test"}
-    assert report["metrics"]["train"]["role"] == "training"
+    assert report["metrics"]["train"]["role"] == "training (in-sample)"  # no cross-fit here
     assert report["metrics"]["test"]["role"] == "test"
     for m in report["metrics"].values():
         assert {"accuracy", "sensitivity", "specificity", "auc"} <= set(m)
