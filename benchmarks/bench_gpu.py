@@ -10,7 +10,10 @@ default 20% validation split of the training cohort, 442 slices are trained on (
 442 images), batch 32, 30 epochs, paper profile (bf16 autocast, channels_last, CUDA graph).
 Then, in a fresh Python process, it times ``finetune`` (reading the slices from the store
 included) and ``embed`` of 442 patients (reading, forward, Parquet files and status records),
-and separately the forward pass alone. Results are printed and written to
+and separately the forward pass alone, and compares the features with the same checkpoint's on
+the CPU (fp32 inference: stated tolerance 1e-4 of the vector's norm); ``--crossfit 5`` also
+times the leakage-safe cross-fit (the CNN and 5 fold CNNs on a 340-patient training cohort).
+Results are printed and written to
 benchmarks/RESULTS.md under a heading naming the card (torch.cuda.get_device_name), with the
 date. ``--tiny`` runs a small CPU version of the same path (used by the tests).
 """
@@ -28,12 +31,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks import _results
+from dtlr.services.coordinator import pipeline
+from dtlr.services.coordinator.dispatch import Dispatch
 from dtlr.services.gpu_worker import run
 from dtlr.services.gpu_worker.data import list_slices, load_images
-from dtlr.services.gpu_worker.embed import embed_images, load_model
+from dtlr.services.gpu_worker.embed import embed_images, load_model, read_crossfit
 from dtlr.services.gpu_worker.model import build_model
 from dtlr.services.gpu_worker.profiles import resolve
 from dtlr.services.gpu_worker.train import fit
@@ -43,8 +49,10 @@ from tests.synthetic import slices as synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 COHORT = "bench"
-PAPER = {"patients": 552, "size": 224, "embed": 442}  # 552 - 20% validation = 442 trained
-TINY = {"patients": 40, "size": 64, "embed": 32}
+CROSSFIT_COHORT = "bench-train"  # the paper's training cohort: 340 patients
+PAPER = {"patients": 552, "size": 224, "embed": 442, "train": 340}  # 552 - 20 % = 442 trained
+TINY = {"patients": 40, "size": 64, "embed": 32, "train": 24}
+AGREEMENT_SLICES = 32
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -105,10 +113,46 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         embed_images(loaded.net, images, runtime)  # ends with the host copy: synchronised
         forward.append(time.perf_counter() - t)
     out["embed_forward_s"] = forward
+    out["agreement"] = cpu_agreement(store, model_id, refs[:AGREEMENT_SLICES], images,
+                                     loaded, runtime)
+    if args.crossfit:
+        out["crossfit"] = crossfit(store, settings, args.crossfit)
     out["main_s"] = time.perf_counter() - t_main
     if cuda:
         out["host_syncs_2_epochs"] = count_syncs(store, settings)
     return out
+
+
+def cpu_agreement(store: Store, model_id: str, refs: list, device_images: torch.Tensor,
+                  loaded: Any, runtime: Any) -> dict[str, float]:
+    """The same checkpoint's features computed on the CPU: the largest difference relative to
+    each feature vector's norm (the stated tolerance is 1e-4)."""
+    here = embed_images(loaded.net, device_images[:len(refs)], runtime)
+    cpu = resolve(CNNSettings(device="cpu", profile="paper", threads=torch.get_num_threads()))
+    cpu_model = load_model(store, model_id, cpu)
+    cpu_images, _ = load_images(refs, cpu_model.image_size, cpu.device)
+    there = embed_images(cpu_model.net, cpu_images, cpu)
+    rel = abs(here - there).max(axis=1) / np.linalg.norm(there, axis=1)
+    return {"slices": len(refs), "max_relative": float(rel.max()),
+            "median_relative": float(np.median(rel))}
+
+
+def crossfit(store: Store, settings: Settings, folds: int) -> dict[str, Any]:
+    """The leakage-safe cross-fit on the paper's training cohort: the CNN and its fold CNNs,
+    one after the other on this device (a node with several GPUs trains them at once)."""
+    cf = settings.model_copy(update={"cnn": settings.cnn.model_copy(
+        update={"crossfit_folds": folds})})
+    t = time.perf_counter()
+    model_id, summary = pipeline.run_finetune(store, CROSSFIT_COHORT, [CROSSFIT_COHORT], cf,
+                                              "bench", Dispatch())
+    seconds = time.perf_counter() - t
+    if model_id is None:
+        raise SystemExit(f"cross-fit failed: {[r.message for r in summary.failed]}")
+    ids = [model_id, *read_crossfit(store, model_id)["fold_models"]]
+    infos = [json.loads((store.model_dir(m) / "model.json").read_text()) for m in ids]
+    return {"seconds": seconds, "cnns": len(ids),
+            "trained_images": sum(i["n_trained"] * i["profile"]["epochs"] for i in infos),
+            "per_cnn_s": [i["seconds"]["total"] for i in infos]}
 
 
 def count_syncs(store: Store, settings: Settings) -> int:
@@ -177,6 +221,20 @@ def report(res: dict[str, Any], args: argparse.Namespace, wall: float) -> str:
                   f"mode): {res['host_syncs_2_epochs']}; by design a few at start-up (the "
                   "validation labels, normalisation constants) and one per epoch (validation "
                   "logits and the epoch's loss in one transfer), none per training step."]
+    agree = res["agreement"]
+    lines += ["", f"Features of the same checkpoint computed here and on the CPU "
+              f"({agree['slices']} slices, fp32 inference on both): largest difference "
+              f"{agree['max_relative']:.2e} of the feature vector's norm (median "
+              f"{agree['median_relative']:.2e}); stated tolerance 1e-4."]
+    if "crossfit" in res:
+        cf = res["crossfit"]
+        lines += ["", f"Cross-fit (`--crossfit {cf['cnns'] - 1}`): the CNN and its "
+                  f"{cf['cnns'] - 1} fold CNNs on a {TINY['train'] if args.tiny else 340}-"
+                  f"patient training cohort, one after the other on this device: "
+                  f"**{cf['seconds']:.1f} s** for {cf['trained_images']} trained images "
+                  f"({cf['trained_images'] / n_img:.2f}x the single fine-tune above); per CNN "
+                  + ", ".join(f"{x:.1f}" for x in cf["per_cnn_s"]) + " s. With one GPU worker "
+                  "per GPU the fold CNNs train at once."]
     if res["notes"]:
         lines += ["", "Notes: " + "; ".join(res["notes"])]
     return "\n".join(lines)
@@ -190,6 +248,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="store folder (default: temp)")
     parser.add_argument("--results", type=Path, default=_results.RESULTS)
     parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--crossfit", type=int, default=0, metavar="K",
+                        help="also time the leakage-safe cross-fit: the CNN + K fold CNNs on "
+                             "the paper's 340-patient training cohort")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--embed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,9 +266,13 @@ def main() -> None:
         if not store.has_cohort(COHORT):
             print(f"writing {shape['patients']} synthetic max slices to {root} ...", flush=True)
             synthetic.write_cohort(store, COHORT, shape["patients"], seed=1, size=shape["size"])
+        if args.crossfit and not store.has_cohort(CROSSFIT_COHORT):
+            synthetic.write_cohort(store, CROSSFIT_COHORT, shape["train"], seed=2,
+                                   size=shape["size"])
         cmd = [sys.executable, "-m", "benchmarks.bench_gpu", "--child", "--root", str(root),
                "--seed", str(args.seed), "--embed", str(shape["embed"])]
         cmd += ["--tiny"] * args.tiny + ["--eager"] * args.eager
+        cmd += ["--crossfit", str(args.crossfit)] if args.crossfit else []
         cmd += ["--weights", args.weights] if args.weights else []
         t = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
