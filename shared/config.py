@@ -136,6 +136,11 @@ class ModelerSettings(_Section):
     # case-control or matched samples (the paper matched the grades 1:1, so each cohort's own
     # prevalence is 50%); null = each cohort's own prevalence.
     prevalence: float | None = Field(None, gt=0, lt=1)
+    # Nomogram axes: "full" = each predictor's training range, min to max, as R's rms draws
+    # them (rms::nomogram uses datadist's full range); "datadist" = datadist's display limits
+    # (the 10th smallest to 10th largest value from 200 patients on), so one outlier does not
+    # squeeze every other axis. Points and risks are the same either way.
+    nomogram_axes: Literal["full", "datadist"] = "full"
     calibration_bins: int = Field(10, ge=2)
 
 

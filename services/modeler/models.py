@@ -48,7 +48,8 @@ from dtlr.shared.stats.datadist import display_ranges
 FAMILIES = ("clinical", "radiomics", "dtl")
 SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
 # Modeler settings that are not fit parameters (used by services/modeler/evaluate.py).
-EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins", "prevalence"}
+EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins", "prevalence",
+                       "nomogram_axes"}
 MODEL_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",
                 "dtl": "DTL model", "nomogram": "DTLR nomogram"}
 

@@ -365,7 +365,8 @@ class _Report:
     def nomogram(self) -> None:
         """The nomogram figure (Fig 5A) and how its scale is built."""
         self.h2(f"The {self.labels['nomogram']} (Fig 5A)")
-        self.parts.append(figure_html(draw_nomogram(self.model, self.labels["nomogram"]),
+        axis = "display" if self.inp.settings.get("nomogram_axes") == "datadist" else "full"
+        self.parts.append(figure_html(draw_nomogram(self.model, self.labels["nomogram"], axis),
                                   "Nomogram: read each predictor's points on the top scale, add "
                                   "them, and read the risk of high grade below the total."))
         self.p("Scale as R's rms draws it: the predictor with the widest range of linear-"

@@ -71,7 +71,8 @@ def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortDa
                          zip(pipe[:-1].get_feature_names_out(), lasso.coef_[lasso.support_],
                              z.mean_[idx], z.scale_[idx], strict=True)],
         }
-    scale = nomogram_scale(model)
+    scale = nomogram_scale(model, "display" if settings.modeler.nomogram_axes == "datadist"
+                           else "full")
     return {
         "run_id": run_id, "created": created, "code_version": CODE_VERSION,
         "protocol": protocol.name, "protocol_record": protocol.record(),
@@ -268,7 +269,8 @@ def predict_cohort(store: Store, run_id: str, cohort: str) -> pd.DataFrame:
     model, meta = load_model(store, run_id)
     store.refresh_catalog()
     data = load_cohort(store, cohort, meta.get("dtl_model_id"), require_labels=False)
-    pts = patient_points(model, data.X)
+    axes = meta.get("settings", {}).get("modeler", {}).get("nomogram_axes", "full")
+    pts = patient_points(model, data.X, "display" if axes == "datadist" else "full")
     probs = model.predict_proba_models(data.X).add_suffix("_risk")
     threshold = model.thresholds_["nomogram"]
     out = pd.DataFrame({"risk": pts["risk"],

@@ -170,3 +170,22 @@ def test_fitted_model_stores_display_ranges_and_binary_axes_keep_0_and_1(case: C
                 tuple(np.percentile(design[name], [5, 95])), rel=1e-12)
     np.testing.assert_allclose(patient_points(model, case.test.X, axis="display")["risk"],
                                model.predict_proba(case.test.X)[:, 1], rtol=1e-10)
+
+
+def test_the_datadist_axes_setting_reaches_the_saved_scale(tmp_path_factory: pytest.TempPathFactory
+                                                           ) -> None:
+    import json
+
+    from dtlr.services.modeler.run import run_modeler
+
+    syn = build_store(tmp_path_factory.mktemp("axes"), {"A": 80, "B": 30}, n_radiomics=20,
+                      seed=9)
+    runs = {}
+    for axes in ("full", "datadist"):
+        settings = Settings.model_validate({"modeler": {"nomogram_axes": axes}})
+        result = run_modeler(syn.store, "A", ["B"], settings, dtl=False, run_id=f"axes-{axes}")
+        runs[axes] = json.loads((result.model_dir / "modeler.json").read_text())["nomogram"]
+    full, shown = runs["full"], runs["datadist"]
+    assert full["predictors"] == shown["predictors"] and full["coef"] == shown["coef"]
+    assert any(lo_s > lo_f for lo_s, lo_f in zip(shown["train_low"], full["train_low"],
+                                                 strict=True))  # 5th percentile, not the min
