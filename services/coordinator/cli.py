@@ -53,6 +53,8 @@ LAZY: dict[str, tuple[str, str]] = {
               "ROC/DeLong, decision curves and Hosmer-Lemeshow on your own predictions."),
     "worker": ("dtlr.services.coordinator.worker:worker",
                "Serve a task queue (cpu or gpu) as a Celery worker."),
+    "weights": ("dtlr.services.gpu_worker.cli:weights_group",
+                "Install or check the ImageNet weights for offline workstations."),
 }
 
 

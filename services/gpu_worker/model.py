@@ -109,9 +109,10 @@ def backbone_state(weights: str) -> dict[str, torch.Tensor] | None:
         except (OSError, RuntimeError) as exc:
             raise WeightsError(
                 f"ImageNet weights (ResNet50_Weights.IMAGENET1K_V2) are not in torchvision's "
-                f"cache ({cached}) and could not be downloaded ({exc}); copy {IMAGENET.url} to "
-                "that path, or set cnn.weights to a local state-dict file (--weights PATH), or to "
-                "'random' to train from scratch (recorded in the report)") from exc
+                f"cache ({cached}) and could not be downloaded ({exc}); bring {IMAGENET.url} "
+                "from a machine with internet access and run `dtlr weights install FILE`, or "
+                "set cnn.weights to a local state-dict file (--weights PATH), or to 'random' to "
+                "train from scratch (recorded in the report)") from exc
     path = Path(weights).expanduser()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
