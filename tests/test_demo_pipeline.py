@@ -53,7 +53,7 @@ def submit(root: Path) -> subprocess.CompletedProcess:
 def sql(store: Store, query: str) -> list[dict]:
     out = subprocess.run([str(BIN / "dtlr-sql"), query, "--json", "--store", str(store.root)],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,9 @@ def test_sql_outputs_json_and_csv(tmp_path: Path) -> None:
     store.refresh_catalog()
     q = "SELECT patient_id, original_firstorder_Mean AS m FROM radiomics"
     out = CliRunner().invoke(sql, [q, "--json", "--store", str(tmp_path)])
-    assert out.exit_code == 0 and out.output.strip() == '[{"patient_id": "P1", "m": 3.5}]'
+    assert out.exit_code == 0 and out.output == '{"patient_id": "P1", "m": 3.5}\n'
     out = CliRunner().invoke(sql, [q, "--csv", "--store", str(tmp_path)])
-    assert out.output.splitlines() == ["patient_id,m", "P1,3.5"]
+    assert out.output == "patient_id,m\nP1,3.5\n"  # plain \n line ends
 
 
 def test_sql_without_a_store_says_how_to_make_one(tmp_path: Path) -> None:
