@@ -72,6 +72,11 @@ def expand_cohorts(store: Store, cohorts: Iterable[str]) -> list[str]:
     return out
 
 
+def labelled(store: Store, cohort: str) -> bool:
+    """Whether any patient of a registered cohort has a label (else it can only be scored)."""
+    return bool(manifest.load(store, cohort)["label"].notna().any())
+
+
 def manifest_rows(store: Store, cohort: str) -> list[dict[str, Any]]:
     """A cohort's patients as JSON-clean dicts."""
     return json.loads(manifest.load(store, cohort).to_json(orient="records"))

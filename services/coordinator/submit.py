@@ -62,11 +62,6 @@ def print_summary(summaries: list[pipeline.StageSummary]) -> None:
             say(f"failed {s.stage} {escape(where)}", "red", r.message)
 
 
-def labelled(store: Store, cohort: str) -> bool:
-    """Whether any patient of a registered cohort has a label (else it can only be scored)."""
-    return bool(pipeline.manifest.load(store, cohort)["label"].notna().any())
-
-
 def run_stages(store: Store, names: list[str], train: str | None, cnn: bool,
                settings: Settings, dispatch: Dispatch, submission: str,
                summaries: list[pipeline.StageSummary]) -> str | None:
@@ -144,7 +139,7 @@ def submit(cohorts: tuple[str, ...], train: str | None, cnn: bool, weights: str 
         raise click.BadParameter(f"{train!r} is not among the submitted cohorts "
                                  f"({', '.join(names)})", param_hint="--train")
     # Cohorts without any label (patients to score) are extracted and embedded, never tested.
-    unlabelled = [n for n in names if train is not None and not labelled(store, n)]
+    unlabelled = [n for n in names if train is not None and not pipeline.labelled(store, n)]
     if train in unlabelled:
         raise click.BadParameter(pipeline.manifest.no_labels_message(train),
                                  param_hint="--train")

@@ -1,4 +1,4 @@
-"""``dtlr-extract``: one case, the way the pyradiomics command line does it (plus N4)."""
+"""``dtlr extract``: one case, the way the pyradiomics command line does it (plus N4)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from dtlr.services.extractor import features as rad
-from dtlr.services.extractor.geometry import tolerance_of
-from dtlr.services.extractor.io import read_image, read_mask_noted
-from dtlr.services.extractor.preprocess import n4_correct
-from dtlr.shared.config import MAX_VOXELS, PreprocessSettings, RadiomicsSettings
+from dtlr.services.extractor.single import extract_one
+from dtlr.shared.cli import Refused
+from dtlr.shared.config import MAX_VOXELS
 from dtlr.shared.stage import InputError
 
 
@@ -45,28 +43,13 @@ def extract(image: Path, mask: Path, label: int | None, params: str, n4: bool,
     images, and a mask off the image's grid (unless --mask-geometry resample; a voxel-aligned
     crop is placed into the grid) are refused, as in `dtlr submit`.
     """
+    notes: list[str] = []
     try:
-        params_path = RadiomicsSettings(params=params).params_path()
-    except FileNotFoundError as exc:
-        raise click.BadParameter(str(exc), param_hint="--params") from exc
-    config = rad.load_params(params_path)
-    if label is not None:
-        config.setdefault("setting", {})["label"] = label
-    pre = PreprocessSettings(max_voxels=max_voxels, mask_geometry=mask_geometry)
-    try:
-        extractor = rad.make_extractor(config)
-        img = read_image(image, pre.max_voxels)
-        roi, note = read_mask_noted(mask, img, rad.mask_label(extractor),
-                                    policy=pre.mask_geometry,
-                                    tolerance=tolerance_of(extractor.settings),
-                                    max_voxels=pre.max_voxels)
-        if note:
-            click.echo(f"{mask}: mask {note}", err=True)
-        if n4:
-            img, _ = n4_correct(img, pre)
-        values, _ = rad.extract(extractor, img, roi)
-    except (InputError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(f"{image} / {mask}: {exc}") from exc
+        values = extract_one(image, mask, params, n4, label, mask_geometry, max_voxels, notes)
+    except InputError as exc:
+        raise Refused(str(exc)) from exc
+    for note in notes:
+        click.echo(note, err=True)
     row = pd.DataFrame([{"Image": str(image), "Mask": str(mask), **values}])
     if out is None:
         row.to_csv(sys.stdout, index=False)
