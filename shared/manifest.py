@@ -591,14 +591,14 @@ def _normalise_mask_columns(df: pd.DataFrame, problems: list[str]) -> None:
             v = df.at[i, "mask_label"]
             if _blank(v):
                 continue
-            text = str(v).strip().removesuffix(".0")
-            if not text.isdigit() or int(text) < 1 or int(text) > 2**31 - 1:
+            whole = re.fullmatch(r"\+?0*(\d{1,10})(?:\.0*)?", str(v).strip())
+            if whole is None or not 1 <= int(whole.group(1)) <= 2**31 - 1:
                 problems.append(f"{_where(df, i, 'mask_label')}: {_show(v)} is not a label "
                                 "value; give the ROI's value in the label map as a whole number "
                                 ">= 1 (e.g. 1), or leave it empty to use the parameter file's "
                                 "label")
                 continue
-            labels[i] = int(text)
+            labels[i] = int(whole.group(1))
         df["mask_label"] = labels
 
 
