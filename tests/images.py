@@ -335,7 +335,10 @@ def submit_trial(base: Base, folder: Path, patients: dict[str, Case],
     before = snapshot(store)
     rows = {**patients, "G": base.cases[GOOD]}
     manifest = write_manifest(folder / "manifest.csv", rows)
-    added = dtlr("cohort", "add", "trial", str(manifest), "--store", str(store))
+    files = [str(p) for c in rows.values() for p in (c.image, c.mask)]
+    root = os.path.commonpath([str(folder), *files])  # the cases lie beside the trial's folder
+    added = dtlr("cohort", "add", "trial", str(manifest), "--store", str(store),
+                 "--data-root", root)
     assert added.returncode == 0, added.stdout + added.stderr
     proc = dtlr("submit", "--cohort", "trial", "--store", str(store), "--jobs", "1",
                 "--config", str(settings or base.settings))
