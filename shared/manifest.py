@@ -37,6 +37,9 @@ from dtlr.shared.store import COHORT_RE, PATIENT_ID_RE, Store, StoreError, Store
 
 REQUIRED = ("patient_id", "image", "mask")
 PATH_COLUMNS = ("image", "mask", "mask_reader2")
+# Optional: the segment (ROI) of a DICOM SEG, RTSTRUCT or Slicer .seg.nrrd mask for each reader,
+# and the patient's label value (overriding the parameter file's 'label').
+MASK_COLUMNS = ("mask_segment", "mask_segment_reader2", "mask_label")
 ID_RE = PATIENT_ID_RE
 
 # Categorical clinical columns: canonical value -> accepted spellings (lower-cased, stripped).
@@ -60,7 +63,7 @@ NUMERIC = ("age", "size_mm")
 CLINICAL = ("age", "sex", "location", "size_mm", "shape", *BINARY)
 # Every column DTLR reads; a header spelling them in another case ('Grade', 'Patient ID') is
 # read as them.
-KNOWN = (*REQUIRED, "mask_reader2", "grade", "label", *CLINICAL)
+KNOWN = (*REQUIRED, "mask_reader2", *MASK_COLUMNS, "grade", "label", *CLINICAL)
 # Columns the store adds to every manifest: a manifest may not bring its own.
 RESERVED = ("cohort",)
 _TRUE = {"1", "yes", "y", "true", "t", "present"}
@@ -561,6 +564,44 @@ def _number(df: pd.DataFrame, i: int, col: str, decimal_comma: bool,
     return x
 
 
+def _normalise_mask_columns(df: pd.DataFrame, problems: list[str]) -> None:
+    """Segment names as text (None when empty), label values as whole numbers >= 1."""
+    for col in ("mask_segment", "mask_segment_reader2"):
+        if col not in df.columns:
+            continue
+        out: list[str | None] = []
+        for i in df.index:
+            v = df.at[i, col]
+            name = None if _blank(v) else str(v).strip()
+            if name is not None and any(ord(ch) < 32 for ch in name):
+                problems.append(f"{_where(df, i, col)}: the segment name holds a line break or "
+                                "another control character; give the name as the segmentation "
+                                "shows it, on one line")
+            out.append(name)
+        df[col] = pd.Series(out, index=df.index, dtype="object")
+        if col == "mask_segment_reader2" and "mask_reader2" in df.columns:
+            for i in df.index:
+                if out[df.index.get_loc(i)] is not None and _blank(df.at[i, "mask_reader2"]):
+                    problems.append(f"{_where(df, i, col)}: names a segment of the second "
+                                    "reader's mask, but the row has no mask_reader2; give "
+                                    "mask_reader2, or leave mask_segment_reader2 empty")
+    if "mask_label" in df.columns:
+        labels = pd.Series(pd.NA, index=df.index, dtype="Int64")
+        for i in df.index:
+            v = df.at[i, "mask_label"]
+            if _blank(v):
+                continue
+            whole = re.fullmatch(r"\+?0*(\d{1,10})(?:\.0*)?", str(v).strip())
+            if whole is None or not 1 <= int(whole.group(1)) <= 2**31 - 1:
+                problems.append(f"{_where(df, i, 'mask_label')}: {_show(v)} is not a label "
+                                "value; give the ROI's value in the label map as a whole number "
+                                ">= 1 (e.g. 1), or leave it empty to use the parameter file's "
+                                "label")
+                continue
+            labels[i] = int(whole.group(1))
+        df["mask_label"] = labels
+
+
 def _normalise_clinical(df: pd.DataFrame, problems: list[str],
                         decimal_comma: bool = False) -> None:
     """Canonical spellings for the known clinical columns; blanks become missing values."""
@@ -626,6 +667,29 @@ def check_image_file(path: str | None) -> str | None:
     return None
 
 
+# DICOM objects a mask may be that SimpleITK does not read: RT Structure Set Storage, and
+# Segmentation Storage (SimpleITK reads a SEG's frames, not its segments).
+_SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.66.4",
+                         "1.2.840.10008.5.1.4.1.1.66.7")
+
+
+def is_dicom_segmentation(path: str | Path) -> bool:
+    """Whether a file is a DICOM RTSTRUCT or SEG (read from its header only)."""
+    import pydicom
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with p.open("rb") as f:
+            preamble = f.read(132)[128:] == b"DICM"
+        ds = pydicom.dcmread(p, stop_before_pixels=True, force=not preamble,
+                             specific_tags=["SOPClassUID"])
+        return str(ds.get("SOPClassUID", "")) in _SEGMENTATION_CLASSES
+    except Exception:  # not DICOM, or damaged: pydicom raises many kinds
+        return False
+
+
 def file_problems(row: pd.Series) -> list[str]:
     """Messages for this patient's unusable files, each with the path and the fix."""
     out = []
@@ -634,6 +698,8 @@ def file_problems(row: pd.Series) -> list[str]:
         if path is None or pd.isna(path):
             continue
         why = check_image_file(path)
+        if why and col != "image" and is_dicom_segmentation(path):
+            why = None
         if why:
             out.append(f"patient {row['patient_id']}: {col} {path}: {why}; fix the path in the "
                        "manifest or the file, then re-run")
@@ -754,6 +820,7 @@ def read_manifest(path: str | Path, cohort: str, data_roots: Sequence[str | Path
     command = " ".join([f"dtlr cohort add {cohort} {path}",
                         *(f"--data-root {r}" for r in roots[1:])])
     _resolve_paths(df, path.parent, roots, command, problems)
+    _normalise_mask_columns(df, problems)
     _normalise_grade_label(df, problems)
     _normalise_clinical(df, problems, raw.decimal_comma)
     if problems:
@@ -774,7 +841,8 @@ def read_manifest(path: str | Path, cohort: str, data_roots: Sequence[str | Path
                      "patient's label")
     df = df.reset_index(drop=True)
     df.insert(0, "cohort", cohort)
-    first = ["cohort", "patient_id", *PATH_COLUMNS, "grade", "label"]
+    first = ["cohort", "patient_id", *PATH_COLUMNS, "grade", "label",
+             *(c for c in MASK_COLUMNS if c in df.columns)]
     known = [c for c in CLINICAL if c in df.columns]
     rest = [c for c in df.columns if c not in first and c not in known]
     table = df[first + known + rest]

@@ -55,6 +55,10 @@ class ExtractMessage(TaskMessage):
     image: str
     mask: str
     mask_reader2: str | None = None
+    # the segment (ROI) of a DICOM SEG, RTSTRUCT or Slicer .seg.nrrd mask, for each reader
+    mask_segment: str | None = Field(None, max_length=1024)
+    mask_segment_reader2: str | None = Field(None, max_length=1024)
+    mask_label: int | None = Field(None, ge=1, le=2**31 - 1)  # overrides the parameter file's
 
     def units(self) -> list[Unit]:
         return [Unit(self.cohort, self.patient_id, "extract")]
@@ -63,10 +67,13 @@ class ExtractMessage(TaskMessage):
         return [*super().files(), self.image, self.mask,
                 *([self.mask_reader2] if self.mask_reader2 else [])]
 
-    def row(self) -> dict[str, str | None]:
+    def row(self) -> dict[str, str | int | None]:
         """The patient's manifest fields the extraction reads."""
         return {"cohort": self.cohort, "patient_id": self.patient_id, "image": self.image,
-                "mask": self.mask, "mask_reader2": self.mask_reader2}
+                "mask": self.mask, "mask_reader2": self.mask_reader2,
+                "mask_segment": self.mask_segment,
+                "mask_segment_reader2": self.mask_segment_reader2,
+                "mask_label": self.mask_label}
 
 
 class FinetuneMessage(TaskMessage):

@@ -200,18 +200,31 @@ def cropped(mask: Path, dst: Path, margin: int = 3) -> Path:
 # --- DICOM --------------------------------------------------------------------------------
 
 
-def write_dicom_series(image_path: Path, folder: Path, *, z_shift: dict[int, float] | None = None
+def series_uids(folder: Path) -> dict[str, str]:
+    """The UIDs :func:`write_dicom_series` gives the series it writes into ``folder``."""
+    uid = "1.2.826.0.1.3680043.2.1125.7." + str(zlib.crc32(folder.name.encode()))
+    return {"study": uid + ".1", "series": uid + ".2", "frame_of_reference": uid + ".4",
+            "instance_prefix": uid + ".3."}
+
+
+def write_dicom_series(image_path: Path, folder: Path, *, z_shift: dict[int, float] | None = None,
+                       frame_of_reference: str | None = None, series_uid: str | None = None
                        ) -> Path:
     """``image_path`` as a DICOM MR series, one file per slice, as SimpleITK's "DICOM series
-    from array" example writes it: shared series tags, and per slice ImagePositionPatient,
-    InstanceNumber, SOPInstanceUID. ``z_shift`` moves given slices along z (uneven spacing)."""
+    from array" example writes it: shared series tags (study, series and frame of reference
+    UIDs from :func:`series_uids`), and per slice ImagePositionPatient, InstanceNumber,
+    SOPInstanceUID. ``z_shift`` moves given slices along z (uneven spacing);
+    ``frame_of_reference`` gives another series' frame of reference UID (a series acquired in
+    the same session), ``series_uid`` a given series UID."""
     image = sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkInt16)
     folder.mkdir(parents=True)
     d = image.GetDirection()
-    uid = "1.2.826.0.1.3680043.2.1125.7." + str(zlib.crc32(folder.name.encode()))
+    uids = series_uids(folder)
     tags = {
         "0008|0008": "DERIVED\\SECONDARY", "0008|0060": "MR", "0008|103e": "DTLR test series",
-        "0020|000d": uid + ".1", "0020|000e": uid + ".2",
+        "0010|0020": "DTLR-TEST", "0020|000d": uids["study"],
+        "0020|000e": series_uid or uids["series"],
+        "0020|0052": frame_of_reference or uids["frame_of_reference"],
         "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
         "0018|0050": f"{image.GetSpacing()[2]:.6f}",  # SliceThickness
         "0018|0088": f"{image.GetSpacing()[2]:.6f}",  # SpacingBetweenSlices
@@ -226,7 +239,7 @@ def write_dicom_series(image_path: Path, folder: Path, *, z_shift: dict[int, flo
         position[2] += (z_shift or {}).get(i, 0.0)
         plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
         plane.SetMetaData("0020|0013", str(i + 1))
-        plane.SetMetaData("0008|0018", f"{uid}.3.{i + 1}")
+        plane.SetMetaData("0008|0018", f"{uids['instance_prefix']}{i + 1}")
         writer.SetFileName(str(folder / f"slice{i:03d}.dcm"))
         writer.Execute(plane)
     return folder
@@ -322,7 +335,10 @@ def submit_trial(base: Base, folder: Path, patients: dict[str, Case],
     before = snapshot(store)
     rows = {**patients, "G": base.cases[GOOD]}
     manifest = write_manifest(folder / "manifest.csv", rows)
-    added = dtlr("cohort", "add", "trial", str(manifest), "--store", str(store))
+    files = [str(p) for c in rows.values() for p in (c.image, c.mask)]
+    root = os.path.commonpath([str(folder), *files])  # the cases lie beside the trial's folder
+    added = dtlr("cohort", "add", "trial", str(manifest), "--store", str(store),
+                 "--data-root", root)
     assert added.returncode == 0, added.stdout + added.stderr
     proc = dtlr("submit", "--cohort", "trial", "--store", str(store), "--jobs", "1",
                 "--config", str(settings or base.settings))

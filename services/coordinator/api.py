@@ -147,8 +147,10 @@ def predict(store: StoreLike, run_id: str, cohort: str) -> pd.DataFrame:
 
 
 def extract_case(image: str | Path, mask: str | Path, params: str = "paper", n4: bool = True,
-                 label: int | None = None) -> dict[str, float]:
-    """pyradiomics features of one image and mask, as ``dtlr extract`` computes them."""
+                 label: int | None = None, segment: str | None = None) -> dict[str, float]:
+    """pyradiomics features of one image and mask (a label map, or a ``segment`` of a DICOM
+    SEG, RTSTRUCT or Slicer .seg.nrrd), as ``dtlr extract`` computes them."""
     from dtlr.services.extractor.single import extract_one
 
-    return extract_one(Path(image), Path(mask), params=params, n4=n4, label=label)
+    return extract_one(Path(image), Path(mask), params=params, n4=n4, label=label,
+                       segment=segment)

@@ -130,7 +130,10 @@ def extraction_jobs(store: Store, cohorts: Iterable[str], settings: Settings,
             message = ExtractMessage(
                 store_root=str(store.root), submission=submission, settings=settings,
                 cohort=row["cohort"], patient_id=row["patient_id"], image=row["image"],
-                mask=row["mask"], mask_reader2=row.get("mask_reader2"))
+                mask=row["mask"], mask_reader2=row.get("mask_reader2"),
+                mask_segment=row.get("mask_segment"),
+                mask_segment_reader2=row.get("mask_segment_reader2"),
+                mask_label=row.get("mask_label"))
             jobs.append(Job(spec, message, extractor_tasks.extract))
     return jobs, skipped
 

@@ -70,13 +70,16 @@ def mask_label(extractor: featureextractor.RadiomicsFeatureExtractor) -> int:
 
 
 def extract(extractor: featureextractor.RadiomicsFeatureExtractor, image: sitk.Image,
-            mask: sitk.Image) -> tuple[dict[str, float], dict[str, Any]]:
+            mask: sitk.Image, label: int | None = None
+            ) -> tuple[dict[str, float], dict[str, Any]]:
     """Features (named as pyradiomics names them) and diagnostics for one image and mask.
 
     Resampling, cropping and filtering happen inside pyradiomics as its parameter file says,
-    so results equal those of pyradiomics' own command line for the same file.
+    so results equal those of pyradiomics' own command line for the same file. ``label``
+    overrides the parameter file's (a patient's ``mask_label``).
     """
-    result = extractor.execute(image, mask, label=mask_label(extractor))
+    result = extractor.execute(image, mask,
+                               label=mask_label(extractor) if label is None else label)
     features = {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
     diagnostics = {k: v for k, v in result.items() if k.startswith("diagnostics_")}
     return features, diagnostics

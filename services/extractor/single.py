@@ -18,10 +18,11 @@ from dtlr.shared.stage import InputError
 
 def extract_one(image: Path, mask: Path, params: str = "paper", n4: bool = True,
                 label: int | None = None, mask_geometry: str = "strict",
-                max_voxels: int = MAX_VOXELS, notes: list[str] | None = None
-                ) -> dict[str, float]:
+                max_voxels: int = MAX_VOXELS, notes: list[str] | None = None,
+                segment: str | None = None) -> dict[str, float]:
     """Features of one image and mask, named as pyradiomics names them.
 
+    ``segment``: the segment or ROI of a DICOM SEG, RTSTRUCT or Slicer .seg.nrrd mask.
     Raises :class:`InputError` naming the files for anything that cannot be used; the mask
     geometry policy's note (a crop placed into the grid, a resampled mask) goes to ``notes``.
     """
@@ -39,7 +40,8 @@ def extract_one(image: Path, mask: Path, params: str = "paper", n4: bool = True,
         roi, note = read_mask_noted(mask, img, rad.mask_label(extractor),
                                     policy=pre.mask_geometry,
                                     tolerance=tolerance_of(extractor.settings),
-                                    max_voxels=pre.max_voxels)
+                                    max_voxels=pre.max_voxels, segment=segment,
+                                    image_path=image, segment_column="--segment")
         if note and notes is not None:
             notes.append(f"{mask}: mask {note}")
         if n4:

@@ -6,7 +6,7 @@ Idempotent: outputs are named by a content key, and a patient whose outputs exis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,10 @@ STAGE = "extract"
 # Bump when this stage's code changes its outputs: every cached result is then recomputed.
 # extract-2: masks go through the geometry policy (a crop is placed into the image grid, a
 # mismatch is refused or resampled by DTLR, never by pyradiomics' correctMask).
-CODE_VERSION = "extract-3"
+# extract-4: masks from DICOM SEG, RTSTRUCT and Slicer .seg.nrrd; the key holds each reader's
+# segment name and the patient's label value (mask_segment, mask_segment_reader2, mask_label).
+CODE_VERSION = "extract-4"
+SEGMENT_COLUMNS = {1: "mask_segment", 2: "mask_segment_reader2"}  # reader -> manifest column
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class PatientPlan:
     masks: dict[int, str]  # reader -> mask path
     inputs: dict[str, str]  # file role -> SHA-256
     keys: dict[int, str]  # reader -> content key of that reader's outputs
+    segments: dict[int, str | None] = field(default_factory=dict)  # reader -> segment name
+    label: int | None = None  # the patient's label value (mask_label), else the parameter file's
 
     @property
     def key(self) -> str:
@@ -61,11 +66,31 @@ def stage_parameters(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _text(value: Any) -> str | None:
+    """A manifest cell as text, None when empty."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 def plan_patient(row: dict[str, Any], settings: Settings) -> PatientPlan:
-    """Hash the patient's files and derive output keys; raises InputError for missing files."""
+    """Hash the patient's files and derive output keys; raises InputError for missing files.
+
+    A reader's key covers the image's and its mask's bytes, the stage's parameters, the segment
+    the manifest names for it and the patient's label value: another segment of the same file,
+    or another label, is another result.
+    """
     masks = {1: row["mask"]}
     if settings.radiomics.reader2 and row.get("mask_reader2"):
         masks[2] = row["mask_reader2"]
+    segments = {r: _text(row.get(SEGMENT_COLUMNS[r])) for r in masks}
+    raw_label = _text(row.get("mask_label"))
+    try:
+        label = None if raw_label is None else int(float(raw_label))
+    except ValueError as exc:
+        raise InputError(f"mask_label {raw_label!r} is not a label value; give a whole number "
+                         ">= 1 in the manifest, then register it again") from exc
     inputs = {}
     files = [("image", row["image"])] + [(f"mask_reader{r}", p) for r, p in masks.items()]
     for role, path in files:
@@ -74,8 +99,10 @@ def plan_patient(row: dict[str, Any], settings: Settings) -> PatientPlan:
                              "restore the file, then re-submit")
         inputs[role] = file_digest(path)
     params = stage_parameters(settings)
-    keys = {r: content_key(inputs["image"], inputs[f"mask_reader{r}"], params) for r in masks}
-    return PatientPlan(row["cohort"], row["patient_id"], row["image"], masks, inputs, keys)
+    keys = {r: content_key(inputs["image"], inputs[f"mask_reader{r}"], params,
+                           {"segment": segments[r], "label": label}) for r in masks}
+    return PatientPlan(row["cohort"], row["patient_id"], row["image"], masks, inputs, keys,
+                       segments, label)
 
 
 def outputs(store: Store, plan: PatientPlan) -> list[Path]:
@@ -124,7 +151,7 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> list[str]:
     Returns notes for the done record: what the mask geometry policy did for each reader.
     """
     extractor = rad.make_extractor(settings.radiomics.params_path())
-    label = rad.mask_label(extractor)
+    label = rad.mask_label(extractor) if plan.label is None else plan.label
     pre = settings.preprocess
     try:
         image = read_image(plan.image, pre.max_voxels)
@@ -140,7 +167,9 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> list[str]:
         try:
             masks[reader], note = read_mask_noted(
                 mask_path, image, label, policy=pre.mask_geometry,
-                tolerance=tolerance_of(extractor.settings), max_voxels=pre.max_voxels)
+                tolerance=tolerance_of(extractor.settings), max_voxels=pre.max_voxels,
+                segment=plan.segments.get(reader), image_path=plan.image,
+                segment_column=f"the manifest's {SEGMENT_COLUMNS[reader]}")
         except InputError as exc:
             raise InputError(f"reader {reader} mask {exc}") from exc
         if note:
@@ -154,7 +183,7 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> list[str]:
     for reader, mask_path in plan.masks.items():
         mask = masks[reader]
         try:
-            values, diagnostics = rad.extract(extractor, image, mask)
+            values, diagnostics = rad.extract(extractor, image, mask, label)
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"reader {reader}'s mask {mask_path}: pyradiomics cannot use it "
                              f"({exc}); check that the mask covers the tumour and matches the "
@@ -166,6 +195,7 @@ def _run(store: Store, plan: PatientPlan, settings: Settings) -> list[str]:
         meta = {
             "key": key, "inputs": plan.inputs, "versions": versions(STAGE),
             "params": str(settings.radiomics.params_path()),
+            "mask_segment": plan.segments.get(reader), "label": label,
             "max_slice_index": ms.slice_index, "max_slice_grid": "acquired",
             "max_slice_axis": ms.axial_axis, "max_slice_position_mm": ms.position_mm,
             "diagnostics": {k: str(v) for k, v in diagnostics.items()

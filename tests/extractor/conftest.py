@@ -26,7 +26,8 @@ def base(cases: dict[str, Case], tmp_path_factory: pytest.TempPathFactory) -> Ba
     settings.write_text(f"preprocess: {{n4: false}}\nradiomics: {{params: {params}}}\n")
     store = root / "store"
     manifest = write_manifest(root / "base.csv", cases)
-    added = dtlr("cohort", "add", "base", str(manifest), "--store", str(store))
+    added = dtlr("cohort", "add", "base", str(manifest), "--store", str(store),
+                 "--data-root", str(tmp_path_factory.getbasetemp()))  # the cases lie in good0/
     assert added.returncode == 0, added.stdout + added.stderr
     run = dtlr("submit", "--cohort", "base", "--store", str(store), "--jobs", "1",
                "--config", str(settings))
