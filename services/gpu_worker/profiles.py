@@ -4,21 +4,20 @@
 SGD lr 0.01, batch 32, 30 epochs (the paper's settings); on CUDA bf16 autocast, channels_last
 and the training step captured in a CUDA graph; all CPU cores for reading and writing files.
 
-``quick`` (the default on a CPU-only machine, so ``dtlr-submit --cohort demo`` fits its
+``quick`` (the default on a CPU-only machine, so ``dtlr submit --cohort demo`` fits its
 5-minute budget on 2 cores): the same network, every layer trained, on 112x112 input (4x
-fewer pixels: layer4 is 4x4), 6 epochs of batch 16 (more SGD steps than batch 32 on ~100
-slices), lr 0.01, fp32, channels_last, one CPU thread. One thread because on a small machine
-that is busy with anything else, every parallel region of a two-thread ResNet step waits for
-the descheduled thread (measured on the 2-core development machine under load: a step took
+fewer pixels: layer4 is 4x4), 4 epochs of batch 16 (more SGD steps than batch 32 on ~100
+slices), lr 0.01, fp32, channels_last, one CPU thread. 4 epochs, not 6: the leakage-safe
+protocol fine-tunes the CNN and 5 cross-fitted fold CNNs (two at a time on 2 cores), and 6
+epochs put the demo at about 6 minutes. One thread because on a small machine that is busy
+with anything else, every parallel region of a two-thread ResNet step waits for the
+descheduled thread (measured on the 2-core development machine under load: a step took
 0.78 s on one thread, 1.55 s on two), and one thread makes results independent of the
 machine's core count.
 
-Measured on the 2-core development machine (AMD EPYC, other jobs running), random initial
-weights (no ImageNet download there): synthetic slices (tests/synthetic/slices.py),
-120-patient training cohort (96 trained, 24 validation): fine-tuning 30 s, validation AUC
-0.74 -> 0.84 over the 6 epochs; embedding 180 patients (200 slices) 3.8 s. In
-``dtlr-submit --cohort demo`` (120 + 40 patients, 20 second readers): fine-tuning 30 s,
-embedding 3.4 s; from random weights the CNN does not learn the demo's phantoms in 6 epochs
+Measured on the 2-core development machine (AMD EPYC), random initial weights (no ImageNet
+download there): one quick fine-tune of the demo's 96 training slices took about 30-40 s at
+6 epochs; from random weights the CNN does not learn the demo's phantoms in so few epochs
 (validation AUC about 0.5), which is what ImageNet weights are for.
 
 Any field set in :class:`dtlr.shared.config.CNNSettings` overrides the profile's value.
@@ -65,7 +64,7 @@ class Profile:
 
 
 PAPER = Profile("paper", epochs=30, batch_size=32, lr=0.01, image_size=224, embed_batch_size=256)
-QUICK = Profile("quick", epochs=6, batch_size=16, lr=0.01, image_size=112, embed_batch_size=64)
+QUICK = Profile("quick", epochs=4, batch_size=16, lr=0.01, image_size=112, embed_batch_size=64)
 QUICK_THREADS = 1  # see the module docstring
 PROFILES = {"paper": PAPER, "quick": QUICK}
 
