@@ -225,22 +225,22 @@ def run(args: argparse.Namespace, work: Path, n: tuple[int, int, int], cores: in
     # (tests.cluster puts only the repository there).
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
                                                         str(REPO)]))}
-    # GPU workers read the initial weights only from a folder they may read.
+    # Workers accept a message only if every file it names (the settings' CNN weights too,
+    # even in an extraction message) lies in a folder they may read.
     weights = Path(args.weights)
-    gpu_roots = [data, *([weights.resolve().parent] if weights.is_file() else [])]
+    roots = [data, *([weights.resolve().parent] if weights.is_file() else [])]
     redis = Redis(work)
     redis.start()
     workers: list[Worker] = []
     try:
         for _ in range(cores):
             workers.append(Worker(redis.url, store.root, "cpu", "--concurrency", "1",
-                                  env=env, data_roots=[data]))
+                                  env=env, data_roots=roots))
         for i in range(len(names)):
             workers.append(Worker(redis.url, store.root, "gpu", "--gpu", str(i), env=env,
-                                  data_roots=gpu_roots))
+                                  data_roots=roots))
         if not names:
-            workers.append(Worker(redis.url, store.root, "gpu", env=env,
-                                  data_roots=gpu_roots))
+            workers.append(Worker(redis.url, store.root, "gpu", env=env, data_roots=roots))
         for w in workers:
             w.wait_ready(timeout=300)
         cmd = [str(BIN / "dtlr"), "submit", f"--cohort={TRAIN}", f"--cohort={TEST}",
