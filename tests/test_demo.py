@@ -19,6 +19,7 @@ from dtlr.services.coordinator.demo import (
     FINDINGS,
     MANIFEST_COLUMNS,
     MIN_DIAMETER_MM,
+    PAPER_COHORTS,
     demo_table,
     make_demo,
     plan_cohort,
@@ -249,3 +250,34 @@ def test_image_statistics_follow_grade(rendered: list[tuple[dict, Phantom]]) -> 
     assert np.median(ring_ratio[edema]) < np.median(ring_ratio[~edema]) - 0.1
     assert mannwhitneyu(ring_ratio[edema], ring_ratio[~edema], alternative="less").pvalue < 1e-4
     assert np.median(ring_ratio[high]) < np.median(ring_ratio[~high])
+
+
+def test_paper_geometry(tmp_path: Path) -> None:
+    """geometry="paper": the paper's cohorts and grid (256 x 256 x 25, 0.94 / 0.70 mm x 5 mm),
+    tumours at their recorded size, the head inside the field of view; the demo's clinical
+    rows; the same files whether rendered in one process or several."""
+    assert (len(demo_table(PAPER_COHORTS[0])), len(demo_table(PAPER_COHORTS[1]))) == (340, 102)
+    pd.testing.assert_frame_equal(demo_table(PAPER_COHORTS[0], 11, 8),
+                                  demo_table(DEMO_COHORTS[0], 11, 8))
+    serial = make_demo(tmp_path / "serial", seed=11, n_train=4, n_test=2, n_reader2=1,
+                       geometry="paper")
+    assert list(serial) == list(PAPER_COHORTS)
+    make_demo(tmp_path / "parallel", seed=11, n_train=4, n_test=2, n_reader2=1,
+              geometry="paper", jobs=2)
+    files = _files(tmp_path / "serial")
+    assert files == _files(tmp_path / "parallel") and len(files) == 2 * 6 + 1 + 2
+    assert filecmp.cmpfiles(tmp_path / "serial", tmp_path / "parallel", files,
+                            shallow=False)[1:] == ([], [])
+    for cohort, spacing in zip(PAPER_COHORTS, (0.94, 0.70), strict=True):
+        image = sitk.ReadImage(str(serial[cohort].parent / "images" / f"{cohort[-1]}001.nii.gz"))
+        assert image.GetSize() == (256, 256, 25)
+        np.testing.assert_allclose(image.GetSpacing(), (spacing, spacing, 5.0))
+    for patient in plan_cohort(PAPER_COHORTS[1], 11, 6)[:3]:
+        p = render_patient(patient, PAPER_COHORTS[1])
+        head = p.labels > 0
+        assert not (head[:, 0].any() or head[:, -1].any() or head[:, :, 0].any()
+                    or head[:, :, -1].any())
+        diameter = np.cbrt(6 * p.mask.sum() * np.prod(p.spacing) / np.pi)
+        assert 0.7 < diameter / max(patient.row["size_mm"], MIN_DIAMETER_MM) < 1.35
+    with pytest.raises(ValueError, match="geometry"):
+        make_demo(tmp_path, geometry="large")

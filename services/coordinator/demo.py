@@ -34,10 +34,21 @@ What is synthetic and how it follows the paper (Li et al., Sci Rep 2025, Materia
   lobulation, margin and oedema, so the images carry information beyond the clinical table.
 * Masks: reader 1 is the tumour as drawn (enhancing tumour with any necrotic core, without
   oedema or dural tail); reader 2 moves the boundary by a smooth, slice-dependent 0.5-2 voxels.
+
+``geometry="paper"``: THE PAPER'S COHORT, NOT THE DEMO
+    ``make_demo(out, geometry="paper")`` writes ``paper-hospitalA`` (340 training patients) and
+    ``paper-hospitalB`` (102 test patients), the paper's sizes, at its acquisition geometry:
+    256 x 256 in-plane (hospital A 0.94 mm, a 240 mm field of view; hospital B 0.70 mm,
+    179 mm, the smallest field of view that holds the phantom's head: 0.5 mm would need a
+    larger matrix), 25 slices of 5 mm, and tumours drawn at their recorded ``size_mm``
+    (``scale`` 1.0, not DEMO_SCALE). The clinical tables, the findings' effects and the
+    per-patient seeds are the demo's (same seed and size: the same manifest rows); only the
+    scanners and the tumour scale differ. benchmarks/bench_cohort.py runs it end to end.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +60,7 @@ from scipy.special import ndtri
 from dtlr.services.coordinator.phantom import Phantom, Scanner, TumourSpec, render
 
 DEMO_COHORTS = ("demo-hospitalA", "demo-hospitalB")
+PAPER_COHORTS = ("paper-hospitalA", "paper-hospitalB")  # geometry="paper": training, test
 DEMO_SCALE = 0.4  # image tumour diameter = size_mm * DEMO_SCALE (see the module docstring)
 MIN_DIAMETER_MM = 10.0  # ... but at least this, so the smallest tumours still fill a mask
 MANIFEST_COLUMNS = (
@@ -90,11 +102,13 @@ LATENT_SHIFT = 1.6  # aggressiveness ~ N(0, 1) in WHO 1, N(1.6, 1) in WHO 2, N(2
 
 @dataclass(frozen=True)
 class Hospital:
-    """One demo hospital: its patient-id prefix, Table 1 columns and scanner."""
+    """One demo hospital: its patient-id prefix, Table 1 columns, scanner and the scale at
+    which tumours are drawn (image diameter = ``size_mm * scale``, at least MIN_DIAMETER_MM)."""
 
     prefix: str
     table: str
     scanner: Scanner
+    scale: float = DEMO_SCALE
 
 
 HOSPITALS = {
@@ -104,7 +118,16 @@ HOSPITALS = {
     "demo-hospitalB": Hospital("B", "train", Scanner(
         spacing_xy=0.95, matrix=168, n_slices=16, slice_mm=5.0, flip_xy=True,
         intensity_scale=0.8, noise_fraction=0.025)),
+    # geometry="paper" (see the module docstring): the paper's matrix, slices and tumour sizes
+    "paper-hospitalA": Hospital("A", "train", Scanner(
+        spacing_xy=0.94, matrix=256, n_slices=25, slice_mm=5.0, flip_xy=False,
+        intensity_scale=0.7, noise_fraction=0.03), scale=1.0),
+    "paper-hospitalB": Hospital("B", "train", Scanner(
+        spacing_xy=0.70, matrix=256, n_slices=25, slice_mm=5.0, flip_xy=True,
+        intensity_scale=0.8, noise_fraction=0.025), scale=1.0),
 }
+# make_demo's ``geometry``: the (training, test) cohorts it writes and their default sizes
+GEOMETRIES = {"demo": (DEMO_COHORTS, (120, 40)), "paper": (PAPER_COHORTS, (340, 102))}
 
 
 @dataclass(frozen=True)
@@ -142,7 +165,7 @@ def plan_cohort(cohort: str, seed: int, n: int, n_reader2: int = 0) -> list[Demo
     aggressiveness, its image and its second reading from ``(seed; cohort, 1, i)``.
     """
     hospital = HOSPITALS[cohort]
-    k = DEMO_COHORTS.index(cohort)
+    k = 0 if cohort in (DEMO_COHORTS[0], PAPER_COHORTS[0]) else 1
     if not 0 <= n_reader2 <= n:
         raise ValueError(f"n_reader2={n_reader2} must be between 0 and the cohort size {n}")
     cohort_rng = _rng(np.random.SeedSequence(seed, spawn_key=(k, 0)))
@@ -190,7 +213,7 @@ def _draw_patient(hospital: Hospital, label: int, u: dict[str, float], latent: f
         "shape": "irregular" if irregular else "regular", **findings,
     }
     spec = TumourSpec(
-        diameter_mm=max(size * DEMO_SCALE, MIN_DIAMETER_MM), skull_base=bool(skull_base),
+        diameter_mm=max(size * hospital.scale, MIN_DIAMETER_MM), skull_base=bool(skull_base),
         irregular=bool(irregular),
         heterogeneous=bool(findings["heterogeneous_enhancement"]),
         necrosis=bool(findings["necrosis_cystic"]), dural_tail=bool(findings["dural_tail"]),
@@ -203,8 +226,11 @@ def _draw_patient(hospital: Hospital, label: int, u: dict[str, float], latent: f
 
 def demo_table(cohort: str, seed: int = 20250513, n: int | None = None) -> pd.DataFrame:
     """The clinical part of a demo manifest (no paths, no images): what ``make_demo`` would
-    write for ``cohort`` with this seed and size (default: 120 for A, 40 for B)."""
-    n = (120 if cohort == DEMO_COHORTS[0] else 40) if n is None else n
+    write for ``cohort`` with this seed and size (default: 120 for A, 40 for B; 340 and 102
+    for the paper's cohorts)."""
+    if n is None:
+        cohorts, sizes = GEOMETRIES["paper" if cohort in PAPER_COHORTS else "demo"]
+        n = sizes[cohorts.index(cohort)]
     return pd.DataFrame([p.row for p in plan_cohort(cohort, seed, n)])
 
 
@@ -225,41 +251,63 @@ def _write(array: np.ndarray, phantom: Phantom, path: Path) -> None:
     sitk.WriteImage(image, str(path), True)
 
 
-def make_demo(out_dir: Path, seed: int = 20250513, n_train: int = 120, n_test: int = 40,
-              n_reader2: int = 20) -> dict[str, Path]:
+def _write_patient(patient: DemoPatient, cohort: str, root: Path) -> dict[str, object]:
+    """Render one patient, write its files under ``root``; its manifest row."""
+    pid = patient.row["patient_id"]
+    phantom = render_patient(patient, cohort)
+    paths = {"image": f"images/{pid}.nii.gz", "mask": f"masks/{pid}.nii.gz", "mask_reader2": ""}
+    _write(phantom.image, phantom, root / paths["image"])
+    _write(phantom.mask, phantom, root / paths["mask"])
+    if phantom.mask_reader2 is not None:
+        paths["mask_reader2"] = f"masks/{pid}_reader2.nii.gz"
+        _write(phantom.mask_reader2, phantom, root / paths["mask_reader2"])
+    return {**patient.row, **paths}
+
+
+def make_demo(out_dir: Path, seed: int = 20250513, n_train: int | None = None,
+              n_test: int | None = None, n_reader2: int = 20, geometry: str = "demo",
+              jobs: int = 1) -> dict[str, Path]:
     """Write both demo cohorts under ``out_dir``; return each cohort's manifest path.
 
+    ``geometry`` "demo" (the default) writes ``demo-hospitalA`` and ``demo-hospitalB`` (120 and
+    40 patients by default), small volumes with tumours at DEMO_SCALE; "paper" writes
+    ``paper-hospitalA`` and ``paper-hospitalB`` (340 and 102 patients by default) at the
+    paper's acquisition geometry, tumours at their recorded size (see the module docstring).
     ``n_reader2`` training patients, chosen at random, also get a second reader's mask. Demo
     images and masks left in ``out_dir`` by an earlier, different call are removed, so each
-    cohort folder holds exactly what its manifest lists.
+    cohort folder holds exactly what its manifest lists. ``jobs`` > 1 renders patients in that
+    many processes (the files are the same: each patient has its own random stream).
     """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry={geometry!r}: choose one of {', '.join(GEOMETRIES)}")
+    cohorts, sizes = GEOMETRIES[geometry]
+    n_train = sizes[0] if n_train is None else n_train
+    n_test = sizes[1] if n_test is None else n_test
     out_dir = Path(out_dir)
     manifests = {}
-    for cohort, n, n2 in ((DEMO_COHORTS[0], n_train, n_reader2), (DEMO_COHORTS[1], n_test, 0)):
-        root = out_dir / cohort
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for patient in plan_cohort(cohort, seed, n, n2):
-            pid = patient.row["patient_id"]
-            phantom = render_patient(patient, cohort)
-            paths = {"image": f"images/{pid}.nii.gz", "mask": f"masks/{pid}.nii.gz",
-                     "mask_reader2": ""}
-            _write(phantom.image, phantom, root / paths["image"])
-            _write(phantom.mask, phantom, root / paths["mask"])
-            if phantom.mask_reader2 is not None:
-                paths["mask_reader2"] = f"masks/{pid}_reader2.nii.gz"
-                _write(phantom.mask_reader2, phantom, root / paths["mask_reader2"])
-            rows.append({**patient.row, **paths})
-        written = {root / p for row in rows for p in (row["image"], row["mask"],
-                                                       row["mask_reader2"]) if p}
-        for stale in [*root.glob("images/*.nii.gz"), *root.glob("masks/*.nii.gz")]:
-            if stale not in written:
-                stale.unlink()
-        manifest = root / "manifest.csv"
-        tmp = manifest.with_suffix(".csv.tmp")
-        pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(
-            tmp, index=False, float_format="%.1f", lineterminator="\n")
-        tmp.replace(manifest)
-        manifests[cohort] = manifest
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
+    try:
+        for cohort, n, n2 in ((cohorts[0], n_train, n_reader2), (cohorts[1], n_test, 0)):
+            root = out_dir / cohort
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "masks").mkdir(parents=True, exist_ok=True)
+            patients = plan_cohort(cohort, seed, n, n2)
+            if pool is None:
+                rows = [_write_patient(p, cohort, root) for p in patients]
+            else:
+                rows = list(pool.map(_write_patient, patients, [cohort] * n, [root] * n))
+            written = {root / p for row in rows for p in (row["image"], row["mask"],
+                                                           row["mask_reader2"]) if p}
+            for stale in [*root.glob("images/*.nii.gz"), *root.glob("masks/*.nii.gz")]:
+                if stale not in written:
+                    stale.unlink()
+            manifest = root / "manifest.csv"
+            tmp = manifest.with_suffix(".csv.tmp")
+            pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(
+                tmp, index=False, float_format="%.1f", lineterminator="\n")
+            tmp.replace(manifest)
+            manifests[cohort] = manifest
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return manifests
