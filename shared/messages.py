@@ -38,13 +38,13 @@ class TaskMessage(BaseModel):
         raise NotImplementedError
 
     def files(self) -> list[str]:
-        """Files outside the store this task reads (a worker checks them against its roots)."""
-        out = []
-        if self.settings.radiomics.params not in shipped_params():
-            out.append(self.settings.radiomics.params)
-        if self.settings.cnn.weights not in ("imagenet", "random"):
-            out.append(self.settings.cnn.weights)
-        return out
+        """Files outside the store this task reads (a worker checks them against its roots).
+
+        Only what the task itself opens: an extraction reads the images, masks and the
+        pyradiomics parameter file, a fine-tuning the initial weights, an embedding nothing
+        outside the store (settings name other files that this task never touches).
+        """
+        return []
 
 
 class ExtractMessage(TaskMessage):
@@ -64,7 +64,8 @@ class ExtractMessage(TaskMessage):
         return [Unit(self.cohort, self.patient_id, "extract")]
 
     def files(self) -> list[str]:
-        return [*super().files(), self.image, self.mask,
+        params = self.settings.radiomics.params
+        return [*([params] if params not in shipped_params() else []), self.image, self.mask,
                 *([self.mask_reader2] if self.mask_reader2 else [])]
 
     def row(self) -> dict[str, str | int | None]:
@@ -85,6 +86,10 @@ class FinetuneMessage(TaskMessage):
 
     def units(self) -> list[Unit]:
         return [Unit(self.cohort, COHORT, "finetune")]
+
+    def files(self) -> list[str]:
+        weights = self.settings.cnn.weights
+        return [] if weights in ("imagenet", "random") else [weights]
 
 
 class EmbedMessage(TaskMessage):

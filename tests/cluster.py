@@ -86,7 +86,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [str(BIN / "dtlr-worker"), "--queue", queue, "--broker", broker, "--store",
              str(store), "--loglevel", "info", *roots, *extra],
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
+                filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
             start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()

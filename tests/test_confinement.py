@@ -114,3 +114,29 @@ def test_a_message_within_the_roots_is_served(cluster: dict) -> None:
     [record] = event["records"]
     assert record["state"] == "done" and record["patient_id"] == row["patient_id"]
     assert store.read_status("demo-hospitalA", row["patient_id"], "extract").state == "done"
+
+
+def test_settings_naming_files_a_task_does_not_read_do_not_refuse_it(cluster: dict) -> None:
+    """An extraction's settings may name CNN weights outside the roots: it never reads them."""
+    store, row = cluster["store"], first_row(cluster)
+    weights = cluster["outside"] / "resnet50.pth"
+    weights.write_bytes(b"weights only a gpu-queue worker reads")
+    settings = Settings.model_validate({"cnn": {"weights": str(weights)}}).model_dump(
+        mode="json")
+    event = send_and_wait(cluster, "dtlr.extract",
+                          message(store.root, row, {"settings": settings}))
+    assert event["error"] == "" and event["records"][0]["state"] == "done"
+
+
+def test_each_message_names_the_files_its_task_reads() -> None:
+    from dtlr.shared.messages import EmbedMessage, ExtractMessage, FinetuneMessage
+
+    settings = Settings.model_validate({"cnn": {"weights": "/w/r50.pth"},
+                                        "radiomics": {"params": "paper"}})
+    extract = ExtractMessage(store_root="/s", settings=settings, cohort="c", patient_id="p",
+                             image="/d/i.nii.gz", mask="/d/m.nii.gz")
+    assert extract.files() == ["/d/i.nii.gz", "/d/m.nii.gz"]
+    assert FinetuneMessage(store_root="/s", settings=settings, cohort="c").files() == [
+        "/w/r50.pth"]
+    assert EmbedMessage(store_root="/s", settings=settings, cohort="c", model_id="0" * 16,
+                        patient_ids=["p"]).files() == []

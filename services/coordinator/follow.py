@@ -10,7 +10,7 @@ Nothing is waited for without bound:
 * a task that fails in any way ends with a "finished" event (the task wrapper records a failure
   for each of its units, or says why the message was refused);
 * a worker that vanishes mid-task (SIGKILL, a lost node) stops answering Celery's inspection:
-  after two sweeps without it (about :data:`SWEEP_S` x 2 seconds) its started tasks are sent
+  after :data:`MISSED_SWEEPS` sweeps without it (about 15 s) its started tasks are sent
   again, which is safe because tasks are idempotent; a unit whose worker dies on every attempt
   is failed by the stage protocol after :data:`dtlr.shared.stage.MAX_ATTEMPTS` starts;
 * a broker that restarts lost its queues: every unfinished task is sent again; one that stays
@@ -43,7 +43,10 @@ logger = logging.getLogger("dtlr.coordinator")
 POLL_SECONDS = 1.0  # longest wait for the next event
 IDENTITY_SECONDS = 2.0  # how often the broker's run id is checked (restarts)
 SWEEP_S = 5.0  # how often live workers are inspected
-MISSED_SWEEPS = 2  # sweeps without a task's worker before the task is sent again
+MISSED_SWEEPS = 3  # sweeps without a task's worker before the task is sent again (~15 s: a
+# worker busy on a loaded node can miss one reply; a false alarm only costs a duplicate that
+# finds its work done)
+INSPECT_TIMEOUT_S = 2.0
 OUTAGE_ENV = "DTLR_BROKER_OUTAGE_S"
 NO_WORKER_ENV = "DTLR_NO_WORKER_S"
 
@@ -201,7 +204,7 @@ class Follower:
                per_queue: Counter[str], idle_queues: dict[str, float]) -> None:
         """Send again the tasks of workers that stopped answering; notice unserved queues."""
         try:
-            replies = self.app.control.inspect(timeout=1.0, limit=len(nodes) or None
+            replies = self.app.control.inspect(timeout=INSPECT_TIMEOUT_S, limit=len(nodes) or None
                                                ).active_queues() or {}
         except (OperationalError, redis.RedisError, OSError):
             return  # the broker check handles an outage
