@@ -2,7 +2,7 @@
 
 It registers cleanly, is extracted by `dtlr submit --cohort X` and scored by `dtlr predict`, and
 `dtlr model` / `dtlr submit --train` refuse to train or test on it, saying what to do instead.
-One small demo (40 + 10 patients, no CNN) is extracted and modelled once for the module.
+One small demo (24 + 8 patients, no CNN) is extracted and modelled once for the module.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 A, B, U = "demo-hospitalA", "demo-hospitalB", "new-patients"
-N_TRAIN, N_TEST = 40, 10
+N_TRAIN, N_TEST = 24, 8
 
 
 def dtlr(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -49,7 +49,7 @@ class Demo:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     root = tmp_path_factory.mktemp("unlabelled")
-    manifests = make_demo(root / "data", n_train=N_TRAIN, n_test=N_TEST, n_reader2=10)
+    manifests = make_demo(root / "data", n_train=N_TRAIN, n_test=N_TEST, n_reader2=6)
     store = root / "store"
     for name, path in manifests.items():
         assert dtlr("cohort", "add", name, path, "--store", store).returncode == 0
