@@ -17,11 +17,12 @@ def machine() -> str:
     """CPU model, cores and memory of this machine, in one line."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
+        meminfo = Path("/proc/meminfo").read_text(encoding="utf-8")
+        mem_kb = next(int(line.split()[1]) for line in meminfo
                       .splitlines() if line.startswith("MemTotal"))
         mem = f", {mem_kb / 1024**2:.0f} GiB RAM"
     except (OSError, StopIteration):
@@ -33,8 +34,8 @@ def write_section(title: str, body: str, device: str | None = None) -> None:
     """Replace (or append) the section ``## title`` in RESULTS.md."""
     stamp = f"*{dt.date.today().isoformat()} on {device or machine()}*\n\n"
     section = f"## {title}\n\n{stamp}{body.strip()}\n"
-    text = RESULTS.read_text() if RESULTS.is_file() else HEADER
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else HEADER
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else (
         text.rstrip() + "\n\n" + section)
-    RESULTS.write_text(text.rstrip() + "\n")
+    RESULTS.write_text(text.rstrip() + "\n", encoding="utf-8")

@@ -95,7 +95,7 @@ def gpus() -> list[str]:
             "else 0; print(json.dumps([torch.cuda.get_device_name(i) for i in range(n)]))")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=180, check=True)
+                             timeout=180, check=True, encoding="utf-8")
         return list(json.loads(out.stdout.strip().splitlines()[-1]))
     except (subprocess.SubprocessError, ValueError, IndexError):
         return []
@@ -118,7 +118,7 @@ def stage_times(store: Store, t0: float) -> dict[str, StageTimes]:
     ended (a record file is written when its task ends: its time minus the task's seconds)."""
     out = {s: StageTimes() for s in STAGES}
     for path in sorted(store.root.glob("status/*/*.json")):
-        record = StatusRecord.from_json(json.loads(path.read_text()))
+        record = StatusRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
         times = out.get(record.stage)
         if times is None:
             continue
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, work: Path, n: tuple[int, int, int], cores: in
     config = args.config
     if config is None and not names:
         config = work / "cpu-cnn.yaml"
-        config.write_text(CPU_CNN)
+        config.write_text(CPU_CNN, encoding="utf-8")
     print(f"{cores} cores, GPUs: {', '.join(names) or 'none (the CNN runs on the CPU)'}",
           flush=True)
 
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace, work: Path, n: tuple[int, int, int], cores: in
         t0 = time.perf_counter()
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                                  env={**os.environ, "COLUMNS": "200"})
+                                  env={**os.environ, "COLUMNS": "200"}, encoding="utf-8")
         except subprocess.TimeoutExpired as exc:
             print(exc.stdout, exc.stderr, sep="\n", file=sys.stderr)
             sys.exit(f"dtlr submit did not end within {args.timeout:.0f} s")

@@ -32,7 +32,7 @@ def main() -> None:
     cmd = [str(BIN / "dtlr-submit"), *shown.split()[1:], "--store", str(root)]
     try:
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, encoding="utf-8")
         total = time.perf_counter() - t0
     finally:
         shutil.rmtree(root.parent, ignore_errors=True)

@@ -40,7 +40,7 @@ def submit(store: Store, *extra: str) -> float:
     cmd = [str(BIN / "dtlr-submit"), "--store", str(store.root),
            *(f"--cohort={c}" for c in COHORTS), *extra]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, capture_output=True, encoding="utf-8")
     return time.perf_counter() - t0
 
 

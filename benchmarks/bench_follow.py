@@ -35,7 +35,7 @@ from tests.cluster import Redis, Worker
 
 def rss_mib() -> float:
     """This process's resident set size now (MiB)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")

@@ -85,8 +85,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"fine-tuning failed: {record.message}")
     model_id = record.key
     out["finetune_s"] = time.perf_counter() - t
-    info = json.loads((store.model_dir(model_id) / "model.json").read_text())
-    log = json.loads((store.model_dir(model_id) / "train_log.json").read_text())
+    info = json.loads((store.model_dir(model_id) / "model.json").read_text(encoding="utf-8"))
+    log = json.loads((store.model_dir(model_id) / "train_log.json").read_text(encoding="utf-8"))
     out.update(model_id=model_id, finetune_parts=info["seconds"], runtime=info["runtime"],
                trained_slices=len(info["training_slices"]["fit"]),
                validation_slices=len(info["training_slices"]["validation"]),
@@ -149,7 +149,8 @@ def crossfit(store: Store, settings: Settings, folds: int) -> dict[str, Any]:
     if model_id is None:
         raise SystemExit(f"cross-fit failed: {[r.message for r in summary.failed]}")
     ids = [model_id, *read_crossfit(store, model_id)["fold_models"]]
-    infos = [json.loads((store.model_dir(m) / "model.json").read_text()) for m in ids]
+    infos = [json.loads((store.model_dir(m) / "model.json").read_text(encoding="utf-8"))
+             for m in ids]
     return {"seconds": seconds, "cnns": len(ids),
             "trained_images": sum(i["n_trained"] * i["profile"]["epochs"] for i in infos),
             "per_cnn_s": [i["seconds"]["total"] for i in infos]}
@@ -275,7 +276,8 @@ def main() -> None:
         cmd += ["--crossfit", str(args.crossfit)] if args.crossfit else []
         cmd += ["--weights", args.weights] if args.weights else []
         t = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO,
+                              encoding="utf-8")
         wall = time.perf_counter() - t
         if done.returncode:
             sys.exit(f"benchmark process failed:\n{done.stderr[-4000:]}")

@@ -7,6 +7,8 @@ user sees one message with the fix and a documented exit code, never a traceback
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import sys
 import traceback
@@ -100,10 +102,19 @@ def describe(exc: BaseException) -> tuple[int, str]:
                       "with this message (run again with --debug for the traceback)")
 
 
+def printable_streams() -> None:
+    """Let stdout and stderr replace what their encoding cannot show (a C or ASCII locale)
+    instead of failing on the first '…' of a message."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and codecs.lookup(stream.encoding).name != "utf-8":
+            stream.reconfigure(errors="replace")
+
+
 def run_command(command: click.Command, prog_name: str,
                 args: list[str] | None = None) -> NoReturn:
     """Run ``command`` as a program (``args``: the command line, default ``sys.argv[1:]``)
     with the one top-level error handler."""
+    printable_streams()
     try:
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else EXIT_OK)

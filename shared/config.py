@@ -131,6 +131,14 @@ class ModelerSettings(_Section):
     # paper's "in-sample" scores.
     nomogram_scores: Literal["out-of-fold", "in-sample"] = "out-of-fold"
     nomogram_folds: int = Field(5, ge=2)
+    # Each model's Youden threshold is chosen on out-of-fold predictions of the whole pipeline
+    # refitted on this many seeded stratified folds of the training cohort.
+    threshold_folds: int = Field(5, ge=2)
+    # Harrell's bootstrap optimism correction of the training AUCs: the whole pipeline refitted
+    # on this many seeded bootstrap samples (rms::validate's default B = 40; 0 = not computed).
+    optimism_bootstraps: int = Field(40, ge=0)
+    # Processes for those refits (joblib; -1 = every core, null = 1).
+    n_jobs: int | None = -1
     hosmer_lemeshow_groups: int = Field(10, ge=3)
     # Population prevalence of high grade for PPV, NPV and decision curves when the cohorts are
     # case-control or matched samples (the paper matched the grades 1:1, so each cohort's own

@@ -315,7 +315,7 @@ class Store:
         """A unit's record, or None when it has none (or it cannot be parsed)."""
         path = self.status_path(cohort, patient_id, stage, key)
         try:
-            return StatusRecord.from_json(json.loads(path.read_text()))
+            return StatusRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
 
@@ -327,7 +327,7 @@ class Store:
         out = []
         for p in sorted(d.glob("*.json")):
             try:
-                out.append(StatusRecord.from_json(json.loads(p.read_text())))
+                out.append(StatusRecord.from_json(json.loads(p.read_text(encoding="utf-8"))))
             except (OSError, ValueError, TypeError):
                 continue
         return out

@@ -89,7 +89,7 @@ class Worker:
             env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
                 filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-            start_new_session=True)
+            start_new_session=True, encoding="utf-8")
         threading.Thread(target=self._read, daemon=True).start()
         self.node = f"{queue}-{self.proc.pid}@{socket.gethostname()}"
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The commands these tests start print UTF-8 (tables, '…') whatever locale the suite runs
+# under; test_cli_errors checks what a user with an ASCII locale sees.
+os.environ["PYTHONUTF8"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -47,9 +47,9 @@ def test_the_api_does_what_the_commands_do(tmp_path: Path) -> None:
     assert again.run_id == run.result.run_id  # identical inputs: the stored run, reused
 
     # New patients to score: hospital B's manifest without its grades.
-    rows = list(csv.DictReader(manifests["demo-hospitalB"].open()))
+    rows = list(csv.DictReader(manifests["demo-hospitalB"].open(encoding="utf-8")))
     unlabelled = manifests["demo-hospitalB"].parent / "new_patients.csv"
-    with unlabelled.open("w", newline="") as fh:
+    with unlabelled.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, [k for k in rows[0] if k not in ("grade", "label")])
         writer.writeheader()
         writer.writerows({k: v for k, v in r.items() if k in writer.fieldnames} for r in rows)

@@ -31,10 +31,10 @@ def test_bench_cohort_smoke_run(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_cohort", "--patients", str(PATIENTS),
          "--results", str(results), "--work", str(work)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        cwd=REPO, capture_output=True, text=True, timeout=900, encoding="utf-8")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
 
-    text = results.read_text()
+    text = results.read_text(encoding="utf-8")
     assert "## Paper-sized cohort on one node" in text
     section = text.split("## Paper-sized cohort on one node", 1)[1]
     for row in ("| extract | cpu queue |", "| finetune | gpu queue |", "| embed | gpu queue |",

@@ -23,13 +23,13 @@ from tests.cluster import BIN, free_port
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
     bad_yaml = root / "bad.yaml"
-    bad_yaml.write_text("seed: [1, 2\n")
+    bad_yaml.write_text("seed: [1, 2\n", encoding="utf-8")
     typo = root / "typo.yaml"
-    typo.write_text("modeler:\n  icc_treshold: 0.8\n")
+    typo.write_text("modeler:\n  icc_treshold: 0.8\n", encoding="utf-8")
     csv = root / "preds.csv"
-    csv.write_text("y,p\n1,0.9\n0,0.2\n")
+    csv.write_text("y,p\n1,0.9\n0,0.2\n", encoding="utf-8")
     not_a_file = root / "a-file"
-    not_a_file.write_text("x")
+    not_a_file.write_text("x", encoding="utf-8")
     return {"root": root, "bad_yaml": bad_yaml, "typo": typo, "csv": csv, "file": not_a_file}
 
 
@@ -68,7 +68,7 @@ def test_bad_input_gives_a_message_and_an_exit_code(files: dict[str, Path], argv
     args = [a.format(port=free_port(), **files) for a in argv]
     env = {k: v for k, v in os.environ.items() if k not in ("DTLR_BROKER_URL", "DTLR_DEBUG")}
     out = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
-                         timeout=120, env=env, cwd=files["root"])
+                         timeout=120, env=env, cwd=files["root"], encoding="utf-8")
     text = out.stdout + out.stderr
     assert out.returncode == code, text
     assert "Traceback" not in text
@@ -99,3 +99,18 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str],
         run_command(crashing, "dtlr-test", [])
     assert exit_info.value.code == EXIT_BUG
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_ascii_locale_gets_the_message_not_an_encoding_error(tmp_path: Path) -> None:
+    """A server with LANG=C (and Python's UTF-8 mode off) cannot print 'ë' or table borders:
+    the message still arrives, with such characters replaced."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("patient_id,image,mask\nZo\u00eb,img/zoe.nii.gz,img/zoe_mask.nii.gz\n",
+                        encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    out = subprocess.run([str(BIN / "dtlr"), "cohort", "add", "h", str(manifest), "--store",
+                          str(tmp_path / "s")], capture_output=True, timeout=120, env=env)
+    text = (out.stdout + out.stderr).decode("ascii")  # nothing but ASCII came out
+    assert out.returncode == 2, text
+    assert "Traceback" not in text and "UnicodeEncodeError" not in text
+    assert "line 2, column 'patient_id': 'Zo?' is not a usable ID" in text

@@ -35,7 +35,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     store = new_store(root / "store", {"demo-hospitalA": manifests["demo-hospitalA"]})
     outside = root / "outside"
     outside.mkdir()
-    (outside / "secret.yaml").write_text(f"setting: {{binWidth: 25}}\n{SECRET}: [\n")
+    (outside / "secret.yaml").write_text(f"setting: {{binWidth: 25}}\n{SECRET}: [\n",
+                                         encoding="utf-8")
     (root / "demo" / "link-out.nii.gz").symlink_to(outside / "secret.yaml")
     redis = Redis(root)
     redis.start()

@@ -71,7 +71,7 @@ def test_manifest_columns_paths_and_encodings(small: Path) -> None:
     """Columns in order, relative paths that exist, the documented encodings."""
     for cohort, prefix, n, n2 in ((DEMO_COHORTS[0], "A", 8, 3), (DEMO_COHORTS[1], "B", 3, 0)):
         path = small / cohort / "manifest.csv"
-        assert path.read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
+        assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(MANIFEST_COLUMNS)
         m = pd.read_csv(path, keep_default_na=False, dtype=str)
         assert list(m["patient_id"]) == [f"{prefix}{i:03d}" for i in range(1, n + 1)]
         assert list(m["image"]) == [f"images/{p}.nii.gz" for p in m["patient_id"]]

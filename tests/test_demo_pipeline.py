@@ -47,12 +47,13 @@ WEIGHTS = os.environ.get("DTLR_TEST_WEIGHTS", "random")
 
 def submit(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "dtlr-submit"), "--cohort", "demo", "--weights", WEIGHTS,
-                           "--store", str(root)], capture_output=True, text=True, timeout=1800)
+                           "--store", str(root)], capture_output=True, text=True, timeout=1800,
+                          encoding="utf-8")
 
 
 def sql(store: Store, query: str) -> list[dict]:
     out = subprocess.run([str(BIN / "dtlr-sql"), query, "--json", "--store", str(store.root)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, encoding="utf-8")
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -127,7 +128,7 @@ def model_dtl_id(store: Store) -> str:
 
 
 def test_report_has_every_model_metric_and_figure(demo: DemoRun) -> None:
-    report = (demo.store.run_dir(run_id(demo.store)) / "report.html").read_text()
+    report = (demo.store.run_dir(run_id(demo.store)) / "report.html").read_text(encoding="utf-8")
     assert report.lstrip().startswith("<!DOCTYPE html>")
     assert "leakage-safe" in report.split("<h1", 2)[1][:2000] or "leakage-safe" in report[:4000]
     assert ("RANDOM weights" in report) == (WEIGHTS == "random")

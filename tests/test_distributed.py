@@ -41,7 +41,7 @@ def submit(store: Store, broker: str | None, *extra: str,
     if broker:
         cmd += ["--broker", broker]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, encoding="utf-8")
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
@@ -226,7 +226,7 @@ def test_coordinator_killed_then_resubmit_does_only_missing_work(
     counts = files_per_patient(store)
     assert len(counts) == expected_rows() and set(counts) == {1}
     status = subprocess.run([str(BIN / "dtlr"), "status", "--store", str(store.root)],
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, check=True, encoding="utf-8")
     rows = [[cell.strip() for cell in line.split("│")[1:-1]]
             for line in status.stdout.splitlines() if "│ extract" in line]
     assert rows == [[COHORTS[0], str(N_TRAIN), "extract", str(N_TRAIN), "0", "0", "0"],

@@ -79,7 +79,7 @@ def run_submit(store: Store, broker: str | None, *extra: str,
     if broker:
         cmd += ["--broker", broker]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "COLUMNS": "200"})
+                         env={**os.environ, "COLUMNS": "200"}, encoding="utf-8")
     return out.returncode, out.stdout + out.stderr
 
 
@@ -136,7 +136,7 @@ def test_exception_inside_a_gpu_task(fault: str, demo: dict[str, Path], extracte
                                      redis_server: Redis, tmp_path: Path) -> None:
     store = copy_store(extracted, tmp_path / "store")
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_CNN)
+    config.write_text(TINY_CNN, encoding="utf-8")
     workers = [start(redis_server, store, "cpu", demo),
                start(redis_server, store, "gpu", demo, fault)]
     t0 = time.monotonic()
@@ -149,16 +149,17 @@ def test_exception_inside_a_gpu_task(fault: str, demo: dict[str, Path], extracte
     assert code == 1, output
     assert time.monotonic() - t0 < 240, output
     tuned = [r for r in store.statuses(COHORTS[0]) if r.stage == "finetune"]
-    assert len(tuned) == 1 and tuned[0].patient_id == COHORT
+    # The CNN fine-tuned on the whole cohort and the 5 cross-fitted ones, each its own task.
+    assert len(tuned) == 1 + 5 and {r.patient_id for r in tuned} == {COHORT}
     embedded = [r for c in COHORTS for r in store.statuses(c) if r.stage == "embed"]
     if fault == "finetune":
-        assert tuned[0].state == "failed" and tuned[0].error_type == "InjectedFaultError"
-        assert "cohort demo-hospitalA: unexpected InjectedFaultError in stage finetune" in \
-            tuned[0].message
+        assert {(r.state, r.error_type) for r in tuned} == {("failed", "InjectedFaultError")}
+        assert all("cohort demo-hospitalA: unexpected InjectedFaultError in stage finetune" in
+                   r.message for r in tuned)
         assert embedded == []
         assert "the models run without DTL features" in output
     else:
-        assert tuned[0].state == "done"
+        assert {r.state for r in tuned} == {"done"}
         assert len(embedded) == N_TRAIN + N_TEST
         assert {(r.state, r.error_type) for r in embedded} == {("failed", "InjectedFaultError")}
     assert "InjectedFaultError" in output

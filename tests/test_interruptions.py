@@ -53,7 +53,8 @@ def test_ctrl_c_stops_a_local_run_within_seconds_and_the_same_command_resumes(
         demo: dict[str, Path], tmp_path: Path) -> None:
     store = new_store(tmp_path / "store", {COHORT: demo[COHORT]})
     proc = subprocess.Popen(command(store, "--jobs", "2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            encoding="utf-8")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if sum(r.state == "done" for r in extract_records(store).values()) >= 2:
@@ -74,7 +75,7 @@ def test_ctrl_c_stops_a_local_run_within_seconds_and_the_same_command_resumes(
     assert 2 <= len(done_before) < 12  # the queued patients were cancelled
     mtimes = {p: p.stat().st_mtime_ns for p in (store.root / "features").rglob("*.*")}
     again = subprocess.run(command(store, "--jobs", "2"), capture_output=True, text=True,
-                           timeout=600)
+                           timeout=600, encoding="utf-8")
     assert again.returncode == 0, again.stderr
     assert {r.state for r in extract_records(store).values()} == {"done"}
     for path, mtime in mtimes.items():  # finished patients were not extracted again
@@ -90,7 +91,7 @@ def test_a_full_disk_ends_with_one_message_and_no_orphan_files(demo: dict[str, P
                                                                tmp_path: Path) -> None:
     store = new_store(tmp_path / "store", {COHORT: demo[COHORT]})
     out = subprocess.run(command(store, "--jobs", "1"), capture_output=True, text=True,
-                         timeout=300, preexec_fn=_limit_file_size)
+                         timeout=300, preexec_fn=_limit_file_size, encoding="utf-8")
     assert out.returncode == 4, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert f"cannot write {store.root}" in out.stderr and "free space" in out.stderr
@@ -98,7 +99,7 @@ def test_a_full_disk_ends_with_one_message_and_no_orphan_files(demo: dict[str, P
     outputs_complete(store)  # the features written before the max slice failed are gone
     assert not list(store.radiomics_dir(COHORT, 1).glob("*.parquet"))
     again = subprocess.run(command(store, "--jobs", "2"), capture_output=True, text=True,
-                           timeout=600)
+                           timeout=600, encoding="utf-8")
     assert again.returncode == 0, again.stderr
     assert {r.state for r in extract_records(store).values()} == {"done"}
 
@@ -126,7 +127,7 @@ def test_a_broker_refusing_the_password_is_named_without_the_password(
                 [str(BIN / "dtlr"), "worker", "--queue", "cpu", "--broker", url, "--store",
                  str(store.root)]):
         t0 = time.monotonic()
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, encoding="utf-8")
         assert out.returncode == 3, out.stdout + out.stderr
         assert time.monotonic() - t0 < 30
         text = out.stdout + out.stderr
@@ -140,7 +141,8 @@ def test_an_unreachable_broker_for_a_worker_is_waited_for(tmp_path: Path) -> Non
     url = f"redis://127.0.0.1:{free_port()}/0"
     proc = subprocess.Popen([str(BIN / "dtlr"), "worker", "--queue", "cpu", "--broker", url,
                              "--store", str(tmp_path / "store")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            encoding="utf-8")
     time.sleep(8)
     assert proc.poll() is None  # a worker started before its broker waits for it
     os.killpg(proc.pid, signal.SIGTERM)

@@ -72,7 +72,7 @@ def project_modules() -> dict[str, Path]:
 def test_shared_imports_no_service_and_services_import_no_other_service() -> None:
     found = []
     for name, path in project_modules().items():
-        found += violations(name, imported_modules(path.read_text(), name,
+        found += violations(name, imported_modules(path.read_text(encoding="utf-8"), name,
                                                    path.name == "__init__.py"))
     assert found == []
 
@@ -103,5 +103,5 @@ def test_loading_the_gpu_worker_does_not_load_the_modeler() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('dtlr.services.modeler') "
             "or m in ('statsmodels.api', 'skops')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, encoding="utf-8")
     assert out.stdout.strip() == "[]"

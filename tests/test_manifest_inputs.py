@@ -55,7 +55,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def dtlr(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "dtlr"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"}, encoding="utf-8")
 
 
 def add(store: Path, name: str, file: Path, *extra: str | Path) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def registered(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store where cohort 'h' is registered from a good manifest (copied by each test)."""
     store = tmp_path_factory.mktemp("registered") / "store"
     good = data / "good.csv"
-    good.write_text(GOOD)
+    good.write_text(GOOD, encoding="utf-8")
     out = add(store, "h", good)
     assert out.returncode == 0, out.stderr
     return store
@@ -195,7 +195,7 @@ def test_refused_manifest_changes_nothing(case: tuple, data: Path, store: Path) 
 
 def test_refused_new_cohort_leaves_no_trace(data: Path, tmp_path: Path) -> None:
     path = data / "trailing-new.csv"
-    path.write_text(f"{HEADER}\n{rows(end=',')}")
+    path.write_text(f"{HEADER}\n{rows(end=',')}", encoding="utf-8")
     out = add(tmp_path / "store", "new", path)
     assert_refused(out, "lines 2-4:")
     assert not (tmp_path / "store").exists()
@@ -299,7 +299,8 @@ def test_accents_decimal_commas_and_header_spellings(encoding: str, sep: str, de
 
 def test_comma_decimal_in_a_comma_file_is_refused(data: Path, store: Path) -> None:
     path = data / "decimal.csv"
-    path.write_text('patient_id,image,mask,age\nP1,img/P1.nii.gz,img/P1_mask.nii.gz,"61,5"\n')
+    path.write_text('patient_id,image,mask,age\nP1,img/P1.nii.gz,img/P1_mask.nii.gz,"61,5"\n',
+                    encoding="utf-8")
     assert_refused(add(store, "h", path), "line 2 (patient P1), column 'age': '61,5' is not a "
                    "number", "with '.' as the decimal separator")
 
@@ -323,7 +324,7 @@ def test_images_outside_the_manifest_folder(data: Path, tmp_path: Path) -> None:
     path.write_text("patient_id,image,mask\n"
                     "P1,../img/P1.nii.gz,../img/P1_mask.nii.gz\n"
                     f"P2,{data}/img/P2.nii.gz,{data}/img/P2_mask.nii.gz\n"
-                    "P3,link.nii.gz,../img/P3_mask.nii.gz\n")
+                    "P3,link.nii.gz,../img/P3_mask.nii.gz\n", encoding="utf-8")
     store = tmp_path / "store"
     text = assert_refused(add(store, "o", path), "6 problem(s)",
                           f"line 4 (patient P3), column 'image': {data}/img/P3.nii.gz is outside "
@@ -346,7 +347,8 @@ def test_many_outside_paths_are_grouped(data: Path, tmp_path: Path) -> None:
     sub.mkdir()
     path = sub / "m.csv"
     path.write_text("patient_id,image,mask\n" + "".join(
-        f"Q{k},../img/P{1 + k % 3}.nii.gz,../img/P{1 + k % 3}_mask.nii.gz\n" for k in range(9)))
+        f"Q{k},../img/P{1 + k % 3}.nii.gz,../img/P{1 + k % 3}_mask.nii.gz\n" for k in range(9)),
+                    encoding="utf-8")
     text = assert_refused(add(tmp_path / "store", "g", path), "2 problem(s)",
                           "lines 2-10, column 'image': 9 paths are outside",
                           "lines 2-10, column 'mask': 9 paths are outside",
@@ -358,7 +360,8 @@ def test_unlabelled_cohort_registers_cleanly(data: Path, tmp_path: Path) -> None
     store = tmp_path / "store"
     path = data / "unlabelled.csv"
     path.write_text("patient_id,image,mask,WHO_grade_estimate,age\n" + "".join(
-        f"P{i},img/P{i}.nii.gz,img/P{i}_mask.nii.gz,,{60 + i}\n" for i in range(1, N + 1)))
+        f"P{i},img/P{i}.nii.gz,img/P{i}_mask.nii.gz,,{60 + i}\n" for i in range(1, N + 1)),
+                    encoding="utf-8")
     out = add(store, "new", path)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     text = " ".join(out.stderr.split())
@@ -366,7 +369,7 @@ def test_unlabelled_cohort_registers_cleanly(data: Path, tmp_path: Path) -> None
     assert "new is an unlabelled cohort" in text and "dtlr predict --model RUN_ID" in text
     assert "column 'WHO_grade_estimate' is not read as the grade" in text
     path = data / "partial.csv"
-    path.write_text(f"{HEADER}\n{rows()}P4,img/P1.nii.gz,img/P1_mask.nii.gz,,\n")
+    path.write_text(f"{HEADER}\n{rows()}P4,img/P1.nii.gz,img/P1_mask.nii.gz,,\n", encoding="utf-8")
     out = add(store, "part", path)
     assert out.returncode == 0, out.stderr
     assert "4 patients (high grade 2, low grade 1, unlabelled 1)" in out.stderr
@@ -387,7 +390,7 @@ def test_a_failed_catalog_update_keeps_the_previous_registration(data: Path,
     (store / "catalog.duckdb").unlink()
     (store / "catalog.duckdb").mkdir()  # the catalog cannot be written
     path = data / "changed.csv"
-    path.write_text(f"{HEADER}\n{rows(n=2)}")
+    path.write_text(f"{HEADER}\n{rows(n=2)}", encoding="utf-8")
     before = snapshot(store)
     for name in ("h", "fresh"):
         out = add(store, name, path)

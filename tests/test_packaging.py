@@ -21,7 +21,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("wheel")
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                            "--no-build-isolation", "--no-cache-dir", "-w", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, encoding="utf-8")
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = out.glob("dtlr-*.whl")
     return path, done.stdout + done.stderr

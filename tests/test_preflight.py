@@ -19,15 +19,16 @@ FAST_S = 30  # interpreter start-up and imports included
 def submit(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, float]:
     t0 = time.monotonic()
     out = subprocess.run([str(BIN / "dtlr-submit"), *args], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "COLUMNS": "200", **(env or {})})
+                         timeout=120, env={**os.environ, "COLUMNS": "200", **(env or {})},
+                         encoding="utf-8")
     return out.returncode, out.stdout + out.stderr, time.monotonic() - t0
 
 
 def test_a_typo_in_the_parameter_file_refuses_the_run(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("imageType:\n  Original: {}\nsetting:\n  binWidht: 25\n")
+    params.write_text("imageType:\n  Original: {}\nsetting:\n  binWidht: 25\n", encoding="utf-8")
     config = tmp_path / "settings.yaml"
-    config.write_text(f"radiomics:\n  params: {params}\n")
+    config.write_text(f"radiomics:\n  params: {params}\n", encoding="utf-8")
     code, output, seconds = submit("--cohort", "demo", "--config", str(config), "--store",
                                    str(tmp_path / "store"), "--weights", "random")
     assert code == 2, output
@@ -59,7 +60,7 @@ def test_unreachable_broker_refuses_the_run(tmp_path: Path) -> None:
 
 def test_unwritable_store_refuses_the_run(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     code, output, _ = submit("--cohort", "demo", "--store", str(blocker / "store"),
                              "--weights", "random")
     assert code == 2, output

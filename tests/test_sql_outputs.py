@@ -65,5 +65,6 @@ def test_the_catalog_opens_read_only_without_dtlr(store: Store) -> None:
             "read_only=True); df = con.sql('SELECT patient_id FROM radiomics ORDER BY 1').df(); "
             "print(list(df['patient_id']), any(m.startswith('dtlr') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd="/", env={**os.environ, "PYTHONPATH": ""})
+                         check=True, cwd="/", env={**os.environ, "PYTHONPATH": ""},
+                         encoding="utf-8")
     assert out.stdout.strip() == "['P1', 'P2'] False"

@@ -44,7 +44,7 @@ def dtlr_sql(store: Store, query: str, *extra: str,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "dtlr"), "sql", query, "--store", str(store.root), *extra],
                           capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, encoding="utf-8")
 
 
 @pytest.mark.parametrize("query", [
@@ -56,7 +56,7 @@ def dtlr_sql(store: Store, query: str, *extra: str,
 ])
 def test_queries_outside_the_store_are_refused(store: Store, query: str) -> None:
     secret = store.root.parent / "secret.txt"
-    secret.write_text("TOP-SECRET-CONTENT")
+    secret.write_text("TOP-SECRET-CONTENT", encoding="utf-8")
     before = snapshot(store.root)
     out = dtlr_sql(store, query.format(store=store.root),
                    env={"DTLR_BROKER_URL": "redis://:hunter2-password@broker:6379/0"})
@@ -102,7 +102,7 @@ def test_a_reader_holding_the_catalog_never_blocks_a_refresh(store: Store) -> No
         assert store.refresh_catalog()
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, encoding="utf-8")
     assert done.returncode == 0, done.stderr
     # The reader still sees the old views (the old file), never none ...
     assert reader.execute("SELECT count(*) FROM radiomics").fetchone() == (3,)
@@ -118,7 +118,7 @@ def test_a_writer_holding_the_catalog_gives_a_clear_message(store: Store) -> Non
     holder = subprocess.Popen(
         [sys.executable, "-c", f"import duckdb, time; con = duckdb.connect("
                                f"{str(store.catalog_path)!r}); print('open', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+                               "time.sleep(60)"], stdout=subprocess.PIPE, encoding="utf-8")
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         out = dtlr_sql(store, "SELECT 1")

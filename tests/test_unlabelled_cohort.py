@@ -31,7 +31,7 @@ N_TRAIN, N_TEST = 24, 8
 
 def dtlr(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
     out = subprocess.run([str(BIN / "dtlr"), *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+                         timeout=timeout, env={**os.environ, "COLUMNS": "200"}, encoding="utf-8")
     assert "Traceback" not in out.stderr and "Traceback" not in out.stdout, out.stderr
     return out
 
@@ -118,7 +118,7 @@ def test_beside_a_training_cohort_it_is_extracted_but_not_tested(demo: Demo) -> 
     runs = {p.name for p in (demo.store / "runs").iterdir()} - {demo.run_id}
     assert len(runs) == 1
     (run_id,) = runs
-    meta = json.loads((demo.store / "models" / run_id / "modeler.json").read_text())
+    meta = json.loads((demo.store / "models" / run_id / "modeler.json").read_text(encoding="utf-8"))
     assert meta["train"] == A and meta["tests"] == []
     text = one_line(out)
     assert (f"note cohort {U} has no labels, so it is not a test cohort; score it with "

@@ -68,7 +68,7 @@ def read_model_info(store: Store, model_id: str) -> dict[str, Any]:
     if not path.is_file():
         raise ModelNotFoundError(f"model {model_id!r} not found at {path.parent}: fine-tune "
                                  "first (dtlr-submit runs it), or check the model id")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @functools.lru_cache(maxsize=8)  # a cross-fitted feature set uses its CNN and its fold CNNs
@@ -97,7 +97,7 @@ def crossfit_path(store: Store, model_id: str) -> Path:
 def read_crossfit(store: Store, model_id: str) -> dict[str, Any] | None:
     """The cross-fitting record of a CNN, or None when its training features are in-sample."""
     path = crossfit_path(store, model_id)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def computing_model(crossfit: dict[str, Any] | None, cohort: str, patient_id: str,

@@ -342,7 +342,7 @@ def cnn_report(store: Store, model_id: str, cohorts: Sequence[str],
     loaded = embed_stage.load_model(store, model_id, runtime)
     info = loaded.info
     crossfit = read_crossfit(store, model_id)
-    log = json.loads((store.model_dir(model_id) / "train_log.json").read_text())
+    log = json.loads((store.model_dir(model_id) / "train_log.json").read_text(encoding="utf-8"))
     heads = _heads(store, {model_id, *(crossfit["fold_models"] if crossfit else [])})
     metrics: dict[str, Any] = {}
     cases: list[GradcamCase] = []

@@ -28,13 +28,26 @@ def _title(ev: CohortEvaluation) -> str:
     return f"{'Training' if ev.role == 'train' else 'Test'} set ({ev.cohort}, n = {ev.y.size})"
 
 
+def _undefined(ax: plt.Axes, ev: CohortEvaluation) -> bool:
+    """Write why the panel is empty when the cohort cannot have this curve (one grade)."""
+    if not ev.undefined:
+        return False
+    ax.text(0.5, 0.5, ev.undefined.split(":")[0] + ":\nundefined", ha="center", va="center",
+            fontsize=9, wrap=True)
+    ax.set(title=_title(ev), xticks=[], yticks=[])
+    return True
+
+
 def roc_figure(evaluations: list[CohortEvaluation], labels: dict[str, str]) -> Figure:
     """ROC curves of every model, one panel per cohort (paper Fig 5B)."""
     fig, axes = _panels(len(evaluations))
     for ax, ev in zip(axes, evaluations, strict=True):
+        if _undefined(ax, ev):
+            continue
         auc = ev.metrics[ev.metrics["metric"] == "auc"].set_index("model")["value"]
         for m, (fpr, tpr) in ev.roc.items():
-            ax.plot(fpr, tpr, color=COLORS[m], lw=1.5, label=f"{labels[m]} (AUC {auc[m]:.3f})")
+            value = f"AUC {auc[m]:.3f}" if np.isfinite(auc[m]) else "AUC undefined"
+            ax.plot(fpr, tpr, color=COLORS[m], lw=1.5, label=f"{labels[m]} ({value})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
         ax.set(xlabel="1 - specificity", ylabel="Sensitivity", title=_title(ev),
                xlim=(0, 1), ylim=(0, 1.01))
@@ -47,6 +60,8 @@ def calibration_figure(evaluations: list[CohortEvaluation], labels: dict[str, st
     """Observed vs predicted risk per quantile bin, one panel per cohort (paper Fig 5C)."""
     fig, axes = _panels(len(evaluations))
     for ax, ev in zip(axes, evaluations, strict=True):
+        if _undefined(ax, ev):
+            continue
         for m, (pred, obs) in ev.calibration.items():
             ax.plot(pred, obs, marker="o", ms=3, color=COLORS[m], lw=1.2, label=labels[m])
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="Ideal")
@@ -61,6 +76,8 @@ def dca_figure(evaluations: list[CohortEvaluation], labels: dict[str, str]) -> F
     """Net benefit of each model, treat-all and treat-none, one panel per cohort (paper Fig 6)."""
     fig, axes = _panels(len(evaluations))
     for ax, ev in zip(axes, evaluations, strict=True):
+        if _undefined(ax, ev):
+            continue
         d = ev.dca
         for m in ev.probs.columns:
             ax.plot(d["threshold"], d[m], color=COLORS[m], lw=1.4, label=labels[m])

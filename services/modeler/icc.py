@@ -119,6 +119,9 @@ class ICCFilter(SelectorMixin, BaseEstimator):
                             "be DataFrames indexed by patient_id")
         values = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
         p = values.shape[1]
+        if reader2 is not None:  # a bootstrap sample repeats patients: each counts once here
+            X = X[~X.index.duplicated()]
+            reader2 = reader2[~reader2.index.duplicated()]
         pairs = [] if reader2 is None else X.index.intersection(reader2.index)
         self.n_pairs_ = len(pairs)
         if self.n_pairs_ < 3:

@@ -15,7 +15,10 @@ None = unpenalised MLE as rms::lrm), because scores can separate the grades and 
 unpenalised MLE then does not exist; the coefficients are mapped back to natural units, so the
 linear predictor stays ``intercept + sum(coef x predictor)`` and the nomogram reads in natural
 units.
-Each model's decision threshold is Youden's J on its own training predictions.
+Each model's decision threshold is Youden's J on its out-of-fold training predictions: each
+training patient predicted by the whole pipeline (selection, SVMs, nomogram) refitted without
+its fold (``threshold_folds``), so a threshold is chosen where the model stands on patients it
+has not seen rather than on the in-sample predictions a LASSO and an SVM make look better.
 
 Input is one DataFrame per cohort, indexed by patient_id, with family-prefixed columns
 (``clinical:age``, ``radiomics:original_shape_...``, ``dtl:dtl_0000``); see :mod:`data`.
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from numpy.typing import NDArray
 from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -49,7 +53,7 @@ FAMILIES = ("clinical", "radiomics", "dtl")
 SCORE_NAMES = {"radiomics": "rad_score", "dtl": "dtl_score"}
 # Modeler settings that are not fit parameters (used by services/modeler/evaluate.py).
 EVALUATION_SETTINGS = {"hosmer_lemeshow_groups", "calibration_bins", "prevalence",
-                       "nomogram_axes"}
+                       "nomogram_axes", "optimism_bootstraps"}
 MODEL_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model",
                 "dtl": "DTL model", "nomogram": "DTLR nomogram"}
 
@@ -88,7 +92,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
                  clinical_p_threshold: float = 0.05,
                  svm_kernel: str = "rbf", svm_c: float = 1.0, platt_cv_folds: int = 5,
                  nomogram_c: float | None = 1.0, nomogram_scores: str = "out-of-fold",
-                 nomogram_folds: int = 5, random_state: int = 0) -> None:
+                 nomogram_folds: int = 5, threshold_folds: int = 5, n_jobs: int | None = None,
+                 random_state: int = 0) -> None:
         self.icc_form = icc_form
         self.icc_threshold = icc_threshold
         self.spearman_threshold = spearman_threshold
@@ -101,6 +106,8 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.nomogram_c = nomogram_c
         self.nomogram_scores = nomogram_scores
         self.nomogram_folds = nomogram_folds
+        self.threshold_folds = threshold_folds
+        self.n_jobs = n_jobs
         self.random_state = random_state
 
     @classmethod
@@ -111,10 +118,15 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         params = settings.modeler.model_dump(exclude=EVALUATION_SETTINGS)
         return cls(**params, random_state=settings.seed)
 
+    def _folds(self, n_folds: int) -> StratifiedKFold:
+        """Seeded stratified folds, at most as many as the smaller grade has patients."""
+        return StratifiedKFold(min(n_folds, self.minority_), shuffle=True,
+                               random_state=self.random_state)
+
     def _svm(self) -> CalibratedClassifierCV:
         """SVM with Platt-scaled probabilities from seeded stratified CV (sklearn's replacement
         for SVC(probability=True)); the final SVM is refit on all training rows."""
-        cv = StratifiedKFold(self.platt_cv_folds, shuffle=True, random_state=self.random_state)
+        cv = self._folds(self.platt_cv_folds)
         svc = SVC(kernel=self.svm_kernel, C=self.svm_c, random_state=self.random_state)
         return CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
 
@@ -136,7 +148,10 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y: NDArray[np.int_],
             reader2: dict[str, pd.DataFrame] | None = None) -> DTLRModel:
-        """Fit every model on the training cohort only, then each model's Youden threshold."""
+        """Fit every model on the training cohort only, then each model's Youden threshold on
+        out-of-fold predictions (``threshold_folds``; 0: on the in-sample predictions, as the
+        refits inside :meth:`out_of_fold_proba` and the bootstrap, whose thresholds are unused).
+        """
         # Numeric, 2-D, as many labels as rows, labels 1-D and finite; sets n_features_in_ and
         # feature_names_in_. NaN and inf are left to the families' steps (see the tags).
         _, y = validate_data(self, self._check_frame(X), y, dtype=np.float64,
@@ -144,6 +159,10 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         if set(np.unique(y)) != {0, 1}:
             raise InputError("training labels must contain both 0 (low grade) and 1 (high grade)")
         y = y.astype(np.int64)
+        self.minority_ = int(min(y.sum(), y.size - y.sum()))
+        if self.minority_ < 2:
+            raise InputError(f"the training cohort has {self.minority_} patient of one grade; "
+                             "the models' cross-validation needs at least 2 of each grade")
         reader2 = reader2 or {}
         self.classes_ = np.array([0, 1])
         self.families_ = [f for f in FAMILIES[1:] if not family_columns(X, f).empty]
@@ -167,9 +186,34 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
                                                  design.max().to_numpy()])
         self.nomogram_display_ranges_ = display_ranges(design)  # rms datadist's q.display
-        train = self.predict_proba_models(X)
+        if self.threshold_folds:
+            train = self.out_of_fold_proba(X, y, reader2)
+            self.oof_proba_ = train.to_numpy()
+        else:
+            train = self.predict_proba_models(X)
         self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}
         return self
+
+    def refit(self, X: pd.DataFrame, y: NDArray[np.int64],
+              reader2: dict[str, pd.DataFrame]) -> DTLRModel:
+        """The same pipeline fitted on other rows (a fold or a bootstrap sample), with
+        in-sample thresholds: the pipeline of an internal validation loop."""
+        return clone(self).set_params(threshold_folds=0, n_jobs=None).fit(X, y, reader2=reader2)
+
+    def out_of_fold_proba(self, X: pd.DataFrame, y: NDArray[np.int64],
+                          reader2: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """Every model's P(high grade) for each training patient from the whole pipeline
+        refitted without that patient's fold (``threshold_folds`` seeded stratified folds)."""
+        check_is_fitted(self)
+        y = np.asarray(y).astype(np.int64)
+        splits = list(self._folds(self.threshold_folds).split(X, y))
+        fold_probs = Parallel(n_jobs=self.n_jobs)(
+            delayed(_fold_proba)(self, X, y, reader2 or {}, fit_rows, held_out)
+            for fit_rows, held_out in splits)
+        out = pd.DataFrame(np.nan, index=X.index, columns=self.model_names)
+        for (_, held_out), probs in zip(splits, fold_probs, strict=True):
+            out.iloc[held_out] = probs.to_numpy()
+        return out
 
     def training_design(self, X: pd.DataFrame, y: NDArray[np.int64],
                         reader2: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -184,8 +228,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
     def _out_of_fold_scores(self, X: pd.DataFrame, y: NDArray[np.int64],
                             reader2: dict[str, pd.DataFrame]) -> NDArray[np.float64]:
         """Each training patient's scores from selection pipelines fitted without its fold."""
-        folds = StratifiedKFold(self.nomogram_folds, shuffle=True,
-                                random_state=self.random_state)
+        folds = self._folds(self.nomogram_folds)
         out = np.empty((len(X), len(self.families_)))
         for fit_rows, held_out in folds.split(X, y):
             for j, family in enumerate(self.families_):
@@ -266,3 +309,11 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         tags.classifier_tags.multi_class = False  # low (0) vs high (1) grade
         return tags
+
+
+def _fold_proba(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64],
+                reader2: dict[str, pd.DataFrame], fit_rows: NDArray[np.intp],
+                held_out: NDArray[np.intp]) -> pd.DataFrame:
+    """One fold of :meth:`DTLRModel.out_of_fold_proba`: refit without it, predict it."""
+    fitted = model.refit(X.iloc[fit_rows], y[fit_rows], reader2)
+    return fitted.predict_proba_models(X.iloc[held_out])

@@ -70,4 +70,4 @@ def load_model(store: Store, run_id: str) -> tuple[DTLRModel, dict[str, Any]]:
     model = sio.load(path, trusted=TRUSTED_TYPES)
     if not isinstance(model, DTLRModel):
         raise ModelFileError(f"{path} does not hold a DTLRModel")
-    return model, json.loads((folder / META_FILE).read_text())
+    return model, json.loads((folder / META_FILE).read_text(encoding="utf-8"))

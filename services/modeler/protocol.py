@@ -39,7 +39,7 @@ class Protocol:
 
 def _json(store: Store, model_id: str, name: str) -> dict[str, Any] | None:
     path = store.model_dir(model_id) / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def resolve(store: Store, dtl_model_id: str | None, settings: Settings) -> Protocol:

@@ -72,8 +72,9 @@ def hl_cell(hl: HosmerLemeshow) -> str:
 
 
 def cohort_title(role: str, cohort: str) -> str:
-    """'Training set (A)' / 'Test set (B)', as the paper's tables head their groups."""
-    return f"{'Training' if role == 'train' else 'Test'} set ({cohort})"
+    """'Training set (A), apparent' / 'Test set (B)', as the paper's tables head their groups;
+    training numbers are apparent: measured on the patients the models were fitted on."""
+    return f"Training set ({cohort}), apparent" if role == "train" else f"Test set ({cohort})"
 
 
 class _Report:
@@ -270,8 +271,10 @@ class _Report:
         self.parts.append("<h3>Decision thresholds</h3>")
         self.parts.append(html_table(["Model", "Threshold (P ≥)"], rows))
         self.p("Each model's threshold maximises Youden's J (sensitivity + specificity − 1) on "
-               "its own training-set predictions; the same threshold is applied to every test "
-               "cohort.")
+               "its out-of-fold training predictions: every training patient predicted by the "
+               f"whole pipeline (selection, SVMs, nomogram) refitted on {m.threshold_folds} "
+               "seeded stratified folds without that patient. The same threshold is applied to "
+               "the training set and every test cohort.")
 
     def table3(self) -> None:
         """Table 3: every metric with its 95% CI, per cohort and model."""
@@ -281,26 +284,49 @@ class _Report:
         for (cohort, role), part in t.groupby(["cohort", "role"], sort=False):
             groups[len(rows)] = cohort_title(role, cohort)
             for r in part.itertuples():
+                corrected = (f"{r.auc_corrected:.4f}" if role == "train"
+                             and np.isfinite(r.auc_corrected) else "-")
                 rows.append([self.labels[r.model],
                              fmt_ci(r.accuracy, r.accuracy_ci_low, r.accuracy_ci_high),
-                             fmt_ci(r.auc, r.auc_ci_low, r.auc_ci_high, 4),
+                             fmt_ci(r.auc, r.auc_ci_low, r.auc_ci_high, 4), corrected,
                              *[fmt_ci(getattr(r, k), getattr(r, f"{k}_ci_low"),
                                       getattr(r, f"{k}_ci_high"))
                                for k in ("sensitivity", "specificity", "ppv", "npv")]])
         self.parts.append(html_table(["", "Accuracy (95% CI)", "AUC (95% CI)",
-                                  "Sensitivity (95% CI)", "Specificity (95% CI)",
-                                  "PPV (95% CI)", "NPV (95% CI)"], rows, groups=groups))
-        self.p("AUC CI: DeLong; proportions: Wilson score intervals; thresholds from the "
-               "training set (Youden).")
+                                  "AUC, optimism-corrected", "Sensitivity (95% CI)",
+                                  "Specificity (95% CI)", "PPV (95% CI)", "NPV (95% CI)"],
+                                 rows, groups=groups))
+        self.p("AUC CI: DeLong; proportions: Wilson score intervals; thresholds from out-of-fold "
+               "training predictions (Youden).")
+        self.p(self.optimism_note())
+        for ev in self.inp.evaluations:
+            for note in ev.notes():
+                self.p(f"{cohort_title(ev.role, ev.cohort)}: undefined (-) where {note}.",
+                       "note")
         self.p(self.prevalence_note("ppv"))
+
+    def optimism_note(self) -> str:
+        """How the training AUCs were corrected for optimism, or that they were not."""
+        train = self.inp.evaluations[0]
+        o = train.optimism
+        if o is None:
+            return ("Training numbers are apparent; no bootstrap optimism correction was run "
+                    "(modeler.optimism_bootstraps = 0).")
+        return (f"Training numbers are apparent: measured on the patients the models were "
+                f"fitted on. The optimism-corrected AUC is Harrell's bootstrap correction "
+                f"(Harrell, Lee & Mark 1996; rms::validate): the whole pipeline refitted on "
+                f"{o.used} of {o.bootstraps} bootstrap samples of the training set (seed "
+                f"{o.seed}; a sample with fewer than 2 patients of a grade cannot be fitted), "
+                "apparent AUC minus the mean of (AUC on the sample − AUC on the training set).")
 
     def table4(self) -> None:
         """Table 4: paired DeLong p-values, one matrix per cohort."""
         self.h2("Table 4. DeLong test between every pair of models (p-values)")
         for ev in self.inp.evaluations:
             mat = delong_matrix(ev)
-            rows = [[self.labels[a], *["-" if a == b else f"{mat.loc[a, b]:.4f}"
-                                       for b in mat.columns]] for a in mat.index]
+            rows = [[self.labels[a], *["-" if a == b or not np.isfinite(mat.loc[a, b])
+                                       else f"{mat.loc[a, b]:.4f}" for b in mat.columns]]
+                    for a in mat.index]
             self.parts.append(f"<h3>{esc(cohort_title(ev.role, ev.cohort))}</h3>")
             self.parts.append(html_table(["", *[self.labels[b] for b in mat.columns]], rows))
 
@@ -324,6 +350,30 @@ class _Report:
                "beside a result means its chi-square approximation is unreliable: groups with "
                "fewer than 5 expected events or non-events, fewer than 5 patients per group, or "
                "risks of exactly 0 or 1.")
+
+    def calibration(self) -> None:
+        """Calibration intercept and slope with 95% CIs per model and cohort."""
+        self.h2("Calibration intercept and slope")
+        t = self.inp.table3
+        rows, groups = [], {}
+        for (cohort, role), part in t.groupby(["cohort", "role"], sort=False):
+            groups[len(rows)] = cohort_title(role, cohort)
+            for r in part.itertuples():
+                rows.append([self.labels[r.model],
+                             fmt_ci(r.calibration_intercept, r.calibration_intercept_ci_low,
+                                    r.calibration_intercept_ci_high),
+                             fmt_ci(r.calibration_slope, r.calibration_slope_ci_low,
+                                    r.calibration_slope_ci_high)])
+        self.parts.append(html_table(["", "Intercept (95% CI)", "Slope (95% CI)"], rows,
+                                     groups=groups))
+        self.p("Slope: b of logit P(high grade) = a + b · logit(risk) (1 is ideal; below 1 the "
+               "risks are too extreme). Intercept: calibration-in-the-large, a with the slope "
+               "fixed at 1 (0 is ideal; above 0 the risks are too low on average). Maximum-"
+               "likelihood logistic fits with Wald 95% CIs (Van Calster et al. 2016, J Clin "
+               "Epidemiol 74:167). Undefined (-) for a cohort with one grade, risks of exactly 0 "
+               "or 1, or, for the slope, risks that separate the grades (its estimate is "
+               "infinite). SVM risks are Platt-scaled, so their training slopes are near 1 by "
+               "construction.")
 
     def curves(self) -> None:
         """ROC, calibration and decision curves (Figs 5B, 5C, 6)."""
@@ -404,6 +454,7 @@ class _Report:
         self.table3()
         self.table4()
         self.hosmer()
+        self.calibration()
         self.curves()
         self.nomogram()
         self.extra()

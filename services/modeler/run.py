@@ -24,6 +24,7 @@ from dtlr.services.modeler.data import CohortData, load_cohort, resolve_dtl_mode
 from dtlr.services.modeler.evaluate import CohortEvaluation, evaluate_cohort, table3
 from dtlr.services.modeler.models import SCORE_NAMES, DTLRModel
 from dtlr.services.modeler.nomogram import nomogram_scale, patient_points
+from dtlr.services.modeler.optimism import Optimism, bootstrap_optimism
 from dtlr.services.modeler.persist import load_model, save_model
 from dtlr.services.modeler.protocol import Protocol
 from dtlr.services.modeler.protocol import describe as describe_protocol
@@ -36,7 +37,7 @@ from dtlr.shared.report import ReportSection
 from dtlr.shared.stage import InputError
 from dtlr.shared.store import Store
 
-CODE_VERSION = "modeler-1"
+CODE_VERSION = "modeler-2"
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RunResult:
 
 def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortData],
                        settings: Settings, protocol: Protocol, run_id: str,
-                       created: str) -> dict:
+                       created: str, optimism: Optimism | None) -> dict:
     """modeler.json: everything needed to understand (not to execute) the fitted model."""
     families = {}
     for family in model.families_:
@@ -83,6 +84,10 @@ def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortDa
         "versions": versions("model"),
         "inputs": {d.cohort: d.input_keys for d in [train, *tests]},
         "models": model.model_names, "thresholds": model.thresholds_,
+        "thresholds_from": f"out-of-fold predictions, {model.threshold_folds} folds",
+        "optimism": None if optimism is None else {
+            "bootstraps": optimism.bootstraps, "used": optimism.used, "seed": optimism.seed,
+            "auc_optimism": optimism.optimism},
         "clinical_features": list(model.clinical_.named_steps["select"]
                                   .get_feature_names_out()),
         "families": families,
@@ -145,10 +150,14 @@ def run_modeler(
 
     model = DTLRModel.from_settings(settings).fit(train_data.X, train_data.y,
                                                   reader2=train_data.reader2)
-    clock.lap("fit")
     m = settings.modeler
+    optimism = (bootstrap_optimism(model, train_data.X, train_data.y, train_data.reader2,
+                                   m.optimism_bootstraps, settings.seed)
+                if m.optimism_bootstraps else None)
+    clock.lap("fit")
     evaluations = [evaluate_cohort(model, d.X, d.y, d.cohort, role, m.hosmer_lemeshow_groups,
-                                   m.calibration_bins, m.prevalence)
+                                   m.calibration_bins, m.prevalence,
+                                   optimism if role == "train" else None)
                    for d, role in [(train_data, "train"), *[(t, "test") for t in test_data]]]
     t3 = table3(evaluations)
     metrics = pd.concat([e.metrics for e in evaluations], ignore_index=True)
@@ -159,10 +168,11 @@ def run_modeler(
     metrics.insert(0, "run_id", run_id)
     for col in ("ci_low", "ci_high", "numerator", "denominator"):
         metrics[col] = metrics[col].astype("float64")
+    metrics["note"] = metrics["note"].fillna("").astype(str)
     clock.lap("evaluate")
 
     model_dir = save_model(store, run_id, model, _model_description(
-        model, train_data, test_data, settings, protocol, run_id, created))
+        model, train_data, test_data, settings, protocol, run_id, created, optimism))
     run_dir = store.run_dir(run_id)
     meta = {"run_id": run_id, "train": train, "tests": tests, "code_version": CODE_VERSION}
     store.write_table(pa.Table.from_pandas(metrics, preserve_index=False),
@@ -243,7 +253,8 @@ def render_table3(t3: pd.DataFrame, console: Console | None = None) -> list[Tabl
              "nomogram": "Nomogram"}
     tables = []
     for (cohort, role), rows in t3.groupby(["cohort", "role"], sort=False):
-        table = Table(title=f"Table 3, {cohort} ({'training' if role == 'train' else 'test'})",
+        table = Table(title=f"Table 3, {cohort} "
+                            f"({'training, apparent' if role == 'train' else 'test'})",
                       title_justify="left")
         table.add_column("Model", no_wrap=True)
         table.add_column("AUC (95% CI)", justify="right", no_wrap=True)
@@ -256,6 +267,10 @@ def render_table3(t3: pd.DataFrame, console: Console | None = None) -> list[Tabl
                      for v in (r.accuracy, r.sensitivity, r.specificity, r.ppv, r.npv)]
             table.add_row(names.get(r.model, r.model), auc, *cells)
         console.print(table)
+        corrected = [f"{names.get(r.model, r.model)} {r.auc_corrected:.3f}"
+                     for r in rows.itertuples() if np.isfinite(r.auc_corrected)]
+        if role == "train" and corrected:
+            console.print("optimism-corrected AUC (bootstrap): " + ", ".join(corrected))
         tables.append(table)
     return tables
 

@@ -1,5 +1,7 @@
-"""Statistics for the modeler: DeLong ROC, decision curves, Hosmer-Lemeshow, threshold metrics."""
+"""Statistics for the modeler: DeLong ROC, decision curves, Hosmer-Lemeshow, calibration,
+threshold metrics."""
 
+from dtlr.shared.stats.calibration import Calibration, calibration_intercept_slope
 from dtlr.shared.stats.dca import decision_curve, risk_from_score
 from dtlr.shared.stats.delong import (
     DelongPlacements,
@@ -18,12 +20,14 @@ from dtlr.shared.stats.metrics import (
 )
 
 __all__ = [
+    "Calibration",
     "DelongPlacements",
     "DelongTest",
     "Estimate",
     "HosmerLemeshow",
     "RocAuc",
     "binary_metrics",
+    "calibration_intercept_slope",
     "decision_curve",
     "delong_placements",
     "delong_test",

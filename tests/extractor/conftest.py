@@ -21,9 +21,10 @@ def base(cases: dict[str, Case], tmp_path_factory: pytest.TempPathFactory) -> Ba
     """Both cases registered as cohort "base" and extracted by `dtlr submit`."""
     root = tmp_path_factory.mktemp("base")
     params = root / "params.yaml"
-    params.write_text(TEST_PARAMS)
+    params.write_text(TEST_PARAMS, encoding="utf-8")
     settings = root / "settings.yaml"
-    settings.write_text(f"preprocess: {{n4: false}}\nradiomics: {{params: {params}}}\n")
+    settings.write_text(f"preprocess: {{n4: false}}\nradiomics: {{params: {params}}}\n",
+                        encoding="utf-8")
     store = root / "store"
     manifest = write_manifest(root / "base.csv", cases)
     added = dtlr("cohort", "add", "base", str(manifest), "--store", str(store),

@@ -39,7 +39,7 @@ def test_reproduces_pyradiomics_baseline(data_dir: Path, tmp_path: Path, case: s
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"imageType": {"Original": {}},
                                       "featureClass": {c: None for c in CLASSES},
-                                      "setting": settings}))
+                                      "setting": settings}), encoding="utf-8")
     out = tmp_path / "features.csv"
     result = CliRunner().invoke(extract, [
         "--image", str(data_dir / "pyradiomics" / f"{case}_image.nrrd"),

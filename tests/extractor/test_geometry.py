@@ -219,11 +219,11 @@ def test_extract_command_refuses_then_resamples_when_asked(cases: dict[str, Case
                                                           tmp_path: Path) -> None:
     mask = shifted(cases["FG"].mask, tmp_path / "shift.nii.gz")
     params = tmp_path / "params.yaml"
-    params.write_text(TEST_PARAMS)
+    params.write_text(TEST_PARAMS, encoding="utf-8")
     args = ["--image", str(cases["FG"].image), "--mask", str(mask), "--no-n4",
             "--params", str(params), "--out", str(tmp_path / "f.csv")]
     refused = CliRunner().invoke(extract, args)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2, refused.output  # nothing ran: refused
     assert "does not lie on the image's grid (origin differed by (0, 0, 5) mm" in refused.output
     assert "--mask-geometry resample" in refused.output and not (tmp_path / "f.csv").exists()
     done = CliRunner().invoke(extract, [*args, "--mask-geometry", "resample"])
@@ -236,5 +236,5 @@ def test_extract_command_refuses_damaged_files(cases: dict[str, Case], tmp_path:
     image = cut(cases["FG"].image, tmp_path / "cut.nii.gz", 1000)
     result = CliRunner().invoke(extract, ["--image", str(image), "--mask",
                                           str(cases["FG"].mask), "--no-n4"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2, result.output  # nothing ran: refused
     assert f"{image}: the compressed data stops before its end marker" in result.output

@@ -173,7 +173,8 @@ def test_huge_header_is_refused_without_allocating(brain1: Path, tmp_path: Path)
             "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
             "print(__import__('json').dumps([msg, seconds, grown]))\n")
         out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                             text=True, timeout=120, env=os.environ.copy(), cwd=REPO)
+                             text=True, timeout=120, env=os.environ.copy(), cwd=REPO,
+                             encoding="utf-8")
         message, seconds, grown_kb = json.loads(out.stdout.strip().splitlines()[-1])
         assert "1000 x 1000 x 1000 voxels" in message and "preprocess.max_voxels" in message
         assert str(path) in message

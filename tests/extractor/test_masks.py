@@ -303,7 +303,7 @@ def test_manifest_columns_are_normalised_and_checked(clinical: Clinical, tmp_pat
 
 def test_the_key_holds_the_segment_and_the_label(clinical: Clinical, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text(TEST_PARAMS)
+    params.write_text(TEST_PARAMS, encoding="utf-8")
     settings = Settings.model_validate({"radiomics": {"params": str(params)}})
     row = {"cohort": "c", "patient_id": "P", "image": str(clinical.series),
            "mask": str(clinical.seg), "mask_segment": CORE}
@@ -332,9 +332,10 @@ def test_submit_reads_every_format_and_refuses_mismatches(clinical: Clinical,
     folder = clinical.root / "submit"
     folder.mkdir()
     params = folder / "params.yaml"
-    params.write_text(TEST_PARAMS)
+    params.write_text(TEST_PARAMS, encoding="utf-8")
     settings = folder / "settings.yaml"
-    settings.write_text(f"preprocess: {{n4: false}}\nradiomics: {{params: {params}}}\n")
+    settings.write_text(f"preprocess: {{n4: false}}\nradiomics: {{params: {params}}}\n",
+                        encoding="utf-8")
     c = clinical
     rows = {
         "LM": (c.labelmap, "", ""), "LM3": (c.labelmap3, "", "3"), "SEG": (c.seg, CORE, ""),
@@ -346,7 +347,7 @@ def test_submit_reads_every_format_and_refuses_mismatches(clinical: Clinical,
     lines = ["patient_id,image,mask,mask_segment,mask_label,label"]
     lines += [f"{pid},{c.series},{mask},{segment},{label},{i % 2}"
               for i, (pid, (mask, segment, label)) in enumerate(rows.items())]
-    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     store = folder / "store"
     added = dtlr("cohort", "add", "masks", str(folder / "manifest.csv"), "--store", str(store),
                  "--data-root", str(c.root))

@@ -27,7 +27,7 @@ FOLDS = 3
 
 
 def _trained_on(store: Store, model_id: str) -> set[str]:
-    info = json.loads((store.model_dir(model_id) / "model.json").read_text())
+    info = json.loads((store.model_dir(model_id) / "model.json").read_text(encoding="utf-8"))
     slices = info["training_slices"]
     return {row[1] for row in slices["fit"] + slices["validation"]}
 

@@ -79,7 +79,7 @@ def test_counting_gpus_does_not_initialise_cuda_in_the_worker_process() -> None:
             "n = visible_gpus(); "
             "print(n, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300)
+                         check=True, timeout=300, encoding="utf-8")
     count, torch_loaded = out.stdout.split()
     assert int(count) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     assert torch_loaded == "False"  # counted in a child process

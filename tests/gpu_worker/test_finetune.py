@@ -30,13 +30,13 @@ def test_model_files_and_provenance(trained: tuple[Store, str, Settings]) -> Non
     directory = store.model_dir(model_id)
     state = _state(store, model_id)
     assert state["head.1.weight"].shape == (1, 2048)
-    info = json.loads((directory / "model.json").read_text())
+    info = json.loads((directory / "model.json").read_text(encoding="utf-8"))
     assert info["weights"] == {"source": "random"}
     assert any("RANDOM weights" in n for n in info["notes"])
     assert info["protocol"] == "leakage-safe"
     assert info["profile"]["image_size"] == 32
     assert info["runtime"]["device"] == "cpu"
-    log = json.loads((directory / "train_log.json").read_text())
+    log = json.loads((directory / "train_log.json").read_text(encoding="utf-8"))
     assert [e["epoch"] for e in log["epochs"]] == [1, 2]
     assert {"train_loss", "val_loss", "val_auc", "seconds"} <= set(log["epochs"][0])
 
@@ -87,13 +87,13 @@ def test_test_slices_reach_training_only_with_protocol_paper(
     assert pids[0] != pids[1] and ids[0] not in pids
     weights = [_state(s, m)["backbone.conv1.weight"] for s, m in zip(stores, pids, strict=True)]
     assert not torch.equal(*weights)
-    info = json.loads((stores[0].model_dir(pids[0]) / "model.json").read_text())
+    info = json.loads((stores[0].model_dir(pids[0]) / "model.json").read_text(encoding="utf-8"))
     assert info["extra_cohorts"] == ["test"]
     assert any("Protocol 'paper'" in n for n in info["notes"])
     fit_cohorts = np.array([row[0] for row in info["training_slices"]["fit"]])
     assert (fit_cohorts == "test").sum() == 12 and (fit_cohorts == "train").sum() == 24
     assert info["training_slices"]["validation"] == [] and info["validation"] is False
-    log = json.loads((stores[0].model_dir(pids[0]) / "train_log.json").read_text())
+    log = json.loads((stores[0].model_dir(pids[0]) / "train_log.json").read_text(encoding="utf-8"))
     assert log["chosen_epoch"] == 1 and np.isnan(log["epochs"][0]["val_auc"])
 
 

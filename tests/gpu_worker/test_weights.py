@@ -20,7 +20,8 @@ from tests.cluster import BIN
 
 def dtlr_weights(torch_home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "dtlr"), "weights", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "TORCH_HOME": str(torch_home)})
+                          timeout=120, env={**os.environ, "TORCH_HOME": str(torch_home)},
+                          encoding="utf-8")
 
 
 def test_a_file_that_is_not_the_published_one_is_refused(tmp_path: Path) -> None:

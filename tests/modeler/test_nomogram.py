@@ -184,7 +184,8 @@ def test_the_datadist_axes_setting_reaches_the_saved_scale(tmp_path_factory: pyt
     for axes in ("full", "datadist"):
         settings = Settings.model_validate({"modeler": {"nomogram_axes": axes}})
         result = run_modeler(syn.store, "A", ["B"], settings, dtl=False, run_id=f"axes-{axes}")
-        runs[axes] = json.loads((result.model_dir / "modeler.json").read_text())["nomogram"]
+        meta = (result.model_dir / "modeler.json").read_text(encoding="utf-8")
+        runs[axes] = json.loads(meta)["nomogram"]
     full, shown = runs["full"], runs["datadist"]
     assert full["predictors"] == shown["predictors"] and full["coef"] == shown["coef"]
     assert any(lo_s > lo_f for lo_s, lo_f in zip(shown["train_low"], full["train_low"],

@@ -46,7 +46,7 @@ def test_dtlr_model_prints_table3_and_saves_the_run(fitted: Fitted) -> None:
     assert "dtlr-predict --model cli-run" in fitted.output
     root = fitted.syn.store.root
     assert (root / "runs" / "cli-run" / "report.html").is_file()
-    meta = json.loads((root / "models" / "cli-run" / "modeler.json").read_text())
+    meta = json.loads((root / "models" / "cli-run" / "modeler.json").read_text(encoding="utf-8"))
     assert meta["train"] == "A" and meta["tests"] == ["B"]
     assert meta["settings"]["seed"] == 2025
     assert set(meta["inputs"]) == {"A", "B"} and "radiomics" in meta["inputs"]["A"]

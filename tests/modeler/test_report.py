@@ -41,7 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     extra = ReportSection("CNN fine-tuning", "<p id='cnn-extra'>CNN AUC 0.79</p>",
                           [(png.getvalue(), "Grad-CAM overlay"), (fig, "CNN training curve")])
     result = run_modeler(syn.store, "A", ["B"], Settings(), extra_sections=lambda: [extra])
-    return Run(syn, result, result.report_path.read_text())
+    return Run(syn, result, result.report_path.read_text(encoding="utf-8"))
 
 
 def test_report_is_one_self_contained_file_whose_first_line_states_the_protocol(
@@ -123,11 +123,11 @@ def test_terminal_table3_lists_every_model_of_every_cohort(run: Run) -> None:
 def test_paper_protocol_is_stated_on_the_first_line(run: Run) -> None:
     paper = Settings(cnn=CNNSettings(protocol="paper"))
     result = run_modeler(run.syn.store, "A", ["B"], paper, run_id="paper-protocol")
-    body = result.report_path.read_text().split("<body>", 1)[1].lstrip()
+    body = result.report_path.read_text(encoding="utf-8").split("<body>", 1)[1].lstrip()
     assert body.startswith('<p class="protocol">Protocol: paper.')
     assert "the nomogram was fitted on in-sample Rad/DTL scores" in body.split("</p>")[0]
     assert result.run_id == "paper-protocol"
-    meta = json.loads((result.model_dir / "modeler.json").read_text())
+    meta = json.loads((result.model_dir / "modeler.json").read_text(encoding="utf-8"))
     assert meta["protocol"] == "paper" and meta["protocol_record"]["nomogram_scores"] == \
         "in-sample"
     # The SVMs do not depend on the nomogram's scores: same AUCs as the leakage-safe run.
@@ -151,7 +151,7 @@ def test_prevalence_setting_gives_population_ppv_npv_and_is_stated(run: Run) -> 
     assert "PPV and NPV are computed at each cohort" in run.html
     settings = Settings.model_validate({"modeler": {"prevalence": 0.1}})
     result = run_modeler(run.syn.store, "A", ["B"], settings, run_id="prevalence")
-    html = result.report_path.read_text()
+    html = result.report_path.read_text(encoding="utf-8")
     assert "PPV and NPV are those of a population with 0.1 prevalence of high grade" in html
     assert "Mercaldo, Lau &amp; Zhou" in html
     assert "computed at a population prevalence of 0.1 (modeler.prevalence" in html

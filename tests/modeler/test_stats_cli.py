@@ -14,7 +14,7 @@ from dtlr.services.modeler.stats_cli import stats
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ASAH = DATA / "pROC" / "aSAH.csv"
-EXPECTED = json.loads((DATA / "pROC" / "expected_values.json").read_text())
+EXPECTED = json.loads((DATA / "pROC" / "expected_values.json").read_text(encoding="utf-8"))
 TOL = {"rel": 1e-9, "abs": 1e-15}
 ASAH_ARGS = ["--csv", str(ASAH), "--label", "outcome", "--positive", "Poor"]
 
@@ -153,7 +153,8 @@ def test_hl_external_sample_and_df_override() -> None:
 
 def test_hl_warns_in_json_and_table(tmp_path: Path) -> None:
     csv = tmp_path / "small.csv"
-    csv.write_text("y,p\n0,0.0\n0,0.15\n1,0.3\n0,0.45\n1,0.55\n1,0.7\n0,0.85\n1,1.0\n")
+    csv.write_text("y,p\n0,0.0\n0,0.15\n1,0.3\n0,0.45\n1,0.55\n1,0.7\n0,0.85\n1,1.0\n",
+                   encoding="utf-8")
     args = ["--csv", str(csv), "--label", "y", "--positive", "1", "--prob", "p"]
     payload = _json("hl", *args)
     assert any(w.startswith("10 groups for 8 patients") for w in payload["warnings"])
@@ -164,7 +165,8 @@ def test_hl_warns_in_json_and_table(tmp_path: Path) -> None:
     assert table.exit_code == 0, table.output
     assert "Warning: 10 groups for 8 patients" in " ".join(table.output.split())
     # An event at risk 0 makes chi2 infinite: null in JSON, "inf" in the table, p = 0.
-    csv.write_text("y,p\n1,0.0\n0,0.0\n0,0.3\n1,0.5\n1,0.6\n0,0.7\n1,0.9\n0,0.2\n")
+    csv.write_text("y,p\n1,0.0\n0,0.0\n0,0.3\n1,0.5\n1,0.6\n0,0.7\n1,0.9\n0,0.2\n",
+                   encoding="utf-8")
     payload = _json("hl", *args, "--groups", "4")
     assert payload["chi2"] is None and payload["p"] == 0.0
     assert "Chi-square = inf" in _run("hl", *args, "--groups", "4").output
@@ -199,7 +201,7 @@ def test_non_numeric_score() -> None:
 
 def test_nan_score(tmp_path: Path) -> None:
     csv = tmp_path / "with_nan.csv"
-    csv.write_text("y,s\n1,0.9\n0,\n1,0.7\n0,0.1\n")
+    csv.write_text("y,s\n1,0.9\n0,\n1,0.7\n0,0.1\n", encoding="utf-8")
     result = _run("roc", "--csv", str(csv), "--label", "y", "--positive", "1", "--score", "s")
     _assert_clean_error(result, "'s'", "1 missing value", "data row 2", "drop or impute")
 

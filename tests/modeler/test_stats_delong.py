@@ -12,8 +12,8 @@ import pytest
 from dtlr.shared.stats import delong_placements, delong_test, roc_auc_delong
 
 PROC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pROC"
-EXPECTED = json.loads((PROC / "expected_values.json").read_text())
-PLACEMENTS = json.loads((PROC / "delong_placements_expected.json").read_text())
+EXPECTED = json.loads((PROC / "expected_values.json").read_text(encoding="utf-8"))
+PLACEMENTS = json.loads((PROC / "delong_placements_expected.json").read_text(encoding="utf-8"))
 TOL = {"rel": 1e-9, "abs": 1e-15}
 
 
