@@ -215,15 +215,23 @@ def _ml_fit(values: NDArray[np.float64], y: NDArray[np.float64], max_iter: int,
 def _firth_fit(values: NDArray[np.float64], y: NDArray[np.float64],
                ) -> tuple[NDArray[np.float64], str]:
     """Firth's penalised likelihood: coef, profile CI low/high, penalised LR p per column
-    (NaN where a constrained fit did not converge), and what went wrong if any is NaN."""
+    (NaN where a constrained fit did not converge), and what went wrong if any is NaN.
+
+    Fitted on z-scored columns and mapped back: Firth's estimates, profile CIs and penalised
+    LR tests are equivariant under an affine change of a covariate (Jeffreys' prior is), and
+    unscaled columns (size in mm, with a separating cut-off) can leave an intercept so large
+    that Newton-Raphson's step-halving stalls before the score reaches its tolerance.
+    """
     model = FirthLogisticRegression(**_FIRTH)
     out = np.full((values.shape[1], 4), np.nan)
+    mean, sd = values.mean(axis=0), values.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
     try:
         with warnings.catch_warnings():
             # Its convergence warnings are checked for instead: converged_, and the NaN a
             # constrained fit that did not converge leaves in a p-value or CI bound.
             warnings.simplefilter("ignore")
-            model.fit(values, y)
+            model.fit((values - mean) / sd, y)
             if not model.converged_:
                 return out, ("Firth's Newton-Raphson did not converge in "
                              f"{_FIRTH['max_iter']} iterations")
@@ -234,7 +242,7 @@ def _firth_fit(values: NDArray[np.float64], y: NDArray[np.float64],
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as exc:
         return out, f"Firth's fit failed ({exc})"
     k = values.shape[1]
-    out = np.column_stack([model.coef_, ci[:k], model.lrt_pvalues_[:k]])
+    out = np.column_stack([model.coef_ / sd, ci[:k] / sd[:, None], model.lrt_pvalues_[:k]])
     return out, "the penalised likelihood-ratio test did not converge"
 
 

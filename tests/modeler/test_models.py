@@ -55,13 +55,13 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     return Fitted(syn.store, train, test, model)
 
 
-def test_every_family_is_modelled_and_thresholds_are_training_youden(fitted: Fitted) -> None:
+def test_every_family_is_modelled_and_thresholds_are_out_of_fold_youden(fitted: Fitted) -> None:
     m = fitted.model
     assert m.model_names == ["clinical", "radiomics", "dtl", "nomogram"]
     assert m.nomogram_features_[-2:] == ["rad_score", "dtl_score"]
-    train = m.predict_proba_models(fitted.train.X)
-    for name in m.model_names:
-        assert m.thresholds_[name] == youden_threshold(fitted.train.y, train[name])
+    assert m.oof_proba_.shape == (fitted.train.n, 4) and np.isfinite(m.oof_proba_).all()
+    for j, name in enumerate(m.model_names):
+        assert m.thresholds_[name] == youden_threshold(fitted.train.y, m.oof_proba_[:, j])
     icc = m.family_models_["dtl"].named_steps["icc"]
     assert icc.n_pairs_ == 20
 

@@ -116,7 +116,7 @@ def test_terminal_table3_lists_every_model_of_every_cohort(run: Run) -> None:
     assert [t.row_count for t in tables] == [3, 3]
     for label in ("Clinical", "Radiomics", "Nomogram"):
         assert out.count(f"│ {label} ") == 2
-    assert "Table 3, A (training)" in out and "Table 3, B (test)" in out
+    assert "Table 3, A (training, apparent)" in out and "Table 3, B (test)" in out
     assert "…" not in out  # nothing cropped in an 80-column terminal
 
 
