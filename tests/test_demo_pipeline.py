@@ -181,9 +181,9 @@ def test_gradcam_maps_fall_inside_the_tumour_on_clear_high_grade_cases(demo: Dem
 
 def test_second_submit_extracts_nothing_and_rewrites_no_file(demo: DemoRun) -> None:
     before = {p: p.stat().st_mtime_ns for p in demo.store.root.rglob("*") if p.is_file()}
-    statuses = {(r.cohort, r.patient_id, r.stage): r for c in ("demo-hospitalA",
-                                                                "demo-hospitalB")
-                for r in demo.store.statuses(c)}
+    # Keyed by unit: the cohort's CNNs (the full one and each cross-fit fold) share a stage.
+    statuses = {(r.cohort, r.patient_id, r.stage, r.key): r
+                for c in ("demo-hospitalA", "demo-hospitalB") for r in demo.store.statuses(c)}
     again = submit(demo.store.root)
     assert again.returncode == 0, again.stdout + again.stderr
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in again.stderr.splitlines()
@@ -193,4 +193,4 @@ def test_second_submit_extracts_nothing_and_rewrites_no_file(demo: DemoRun) -> N
     assert after == before
     for c in ("demo-hospitalA", "demo-hospitalB"):
         for r in demo.store.statuses(c):
-            assert statuses[(r.cohort, r.patient_id, r.stage)] == r
+            assert statuses[(r.cohort, r.patient_id, r.stage, r.key)] == r

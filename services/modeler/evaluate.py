@@ -30,12 +30,12 @@ from dtlr.services.modeler.optimism import Optimism
 from dtlr.shared.stats import (
     HosmerLemeshow,
     binary_metrics,
-    calibration_intercept_slope,
     decision_curve,
     delong_test,
     hosmer_lemeshow,
     roc_auc_delong,
 )
+from dtlr.shared.stats.calibration import calibration_intercept_slope
 
 THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 DCA_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)

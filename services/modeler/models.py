@@ -160,9 +160,11 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
             raise InputError("training labels must contain both 0 (low grade) and 1 (high grade)")
         y = y.astype(np.int64)
         self.minority_ = int(min(y.sum(), y.size - y.sum()))
-        if self.minority_ < 2:
-            raise InputError(f"the training cohort has {self.minority_} patient of one grade; "
-                             "the models' cross-validation needs at least 2 of each grade")
+        # Out-of-fold nomogram scores refit LASSO on folds, each of which needs 2 of a grade.
+        need = 3 if self.nomogram_scores == "out-of-fold" else 2
+        if self.minority_ < need:
+            raise InputError(f"the training cohort has {self.minority_} patient(s) of one grade; "
+                             f"the models' cross-validation needs at least {need} of each grade")
         reader2 = reader2 or {}
         self.classes_ = np.array([0, 1])
         self.families_ = [f for f in FAMILIES[1:] if not family_columns(X, f).empty]
@@ -186,9 +188,17 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
                                                  design.max().to_numpy()])
         self.nomogram_display_ranges_ = display_ranges(design)  # rms datadist's q.display
+        self.thresholds_from_ = "in-sample predictions"
         if self.threshold_folds:
-            train = self.out_of_fold_proba(X, y, reader2)
-            self.oof_proba_ = train.to_numpy()
+            try:
+                train = self.out_of_fold_proba(X, y, reader2)
+                self.oof_proba_ = train.to_numpy()
+                self.thresholds_from_ = (f"out-of-fold predictions, "
+                                         f"{min(self.threshold_folds, self.minority_)} folds")
+            except (InputError, ValueError) as exc:  # a fold too small for the pipeline
+                train = self.predict_proba_models(X)
+                self.thresholds_from_ = (f"in-sample predictions: the out-of-fold refits "
+                                         f"could not be fitted ({exc})")
         else:
             train = self.predict_proba_models(X)
         self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}

@@ -4,8 +4,9 @@ Stat Med 15:361-387; rms::validate).
 A model's training AUC is "apparent": measured on the patients it was fitted on. Each
 bootstrap sample of the training cohort gets the whole pipeline refitted on it (selection,
 SVMs, nomogram); its optimism is its AUC on that sample minus its AUC on the original cohort.
-The corrected AUC is the apparent AUC minus the mean optimism. A sample with fewer than 2
-patients of a grade cannot be fitted and is skipped, and counted (as rms::validate does).
+The corrected AUC is the apparent AUC minus the mean optimism. A sample with too few patients
+of a grade for the pipeline's cross-validations cannot be fitted: it is skipped and counted, as
+rms::validate counts the samples whose fit failed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from joblib import Parallel, delayed
 from numpy.typing import NDArray
 
 from dtlr.services.modeler.models import DTLRModel
+from dtlr.shared.stage import InputError
 from dtlr.shared.stats import roc_auc_delong
 
 
@@ -39,9 +41,10 @@ def _one(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64],
          reader2: dict[str, pd.DataFrame], rows: NDArray[np.intp]) -> dict[str, float] | None:
     """One bootstrap sample's optimism per model, or None when its pipeline cannot be fitted."""
     yb = y[rows]
-    if min(yb.sum(), yb.size - yb.sum()) < 2:
+    try:
+        fitted = model.refit(X.iloc[rows], yb, reader2)
+    except (InputError, ValueError):  # too few patients of a grade for the pipeline's CV
         return None
-    fitted = model.refit(X.iloc[rows], yb, reader2)
     on_sample = fitted.predict_proba_models(X.iloc[rows])
     on_cohort = fitted.predict_proba_models(X)
     return {m: _auc(yb, on_sample[m].to_numpy()) - _auc(y, on_cohort[m].to_numpy())

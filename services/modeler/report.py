@@ -270,11 +270,15 @@ class _Report:
         rows = [[self.labels[k], f"{v:.4f}"] for k, v in m.thresholds_.items()]
         self.parts.append("<h3>Decision thresholds</h3>")
         self.parts.append(html_table(["Model", "Threshold (P ≥)"], rows))
-        self.p("Each model's threshold maximises Youden's J (sensitivity + specificity − 1) on "
-               "its out-of-fold training predictions: every training patient predicted by the "
-               f"whole pipeline (selection, SVMs, nomogram) refitted on {m.threshold_folds} "
-               "seeded stratified folds without that patient. The same threshold is applied to "
-               "the training set and every test cohort.")
+        if m.thresholds_from_.startswith("out-of-fold"):
+            self.p("Each model's threshold maximises Youden's J (sensitivity + specificity − 1) "
+                   "on its out-of-fold training predictions: every training patient predicted by "
+                   "the whole pipeline (selection, SVMs, nomogram) refitted on seeded stratified "
+                   f"folds without that patient ({m.thresholds_from_}). The same threshold is "
+                   "applied to the training set and every test cohort.")
+        else:
+            self.p("Each model's threshold maximises Youden's J (sensitivity + specificity − 1) "
+                   f"on its {m.thresholds_from_}; they are optimistic.", "note")
 
     def table3(self) -> None:
         """Table 3: every metric with its 95% CI, per cohort and model."""
@@ -316,7 +320,8 @@ class _Report:
                 f"fitted on. The optimism-corrected AUC is Harrell's bootstrap correction "
                 f"(Harrell, Lee & Mark 1996; rms::validate): the whole pipeline refitted on "
                 f"{o.used} of {o.bootstraps} bootstrap samples of the training set (seed "
-                f"{o.seed}; a sample with fewer than 2 patients of a grade cannot be fitted), "
+                f"{o.seed}; a sample with too few patients of a grade for the pipeline's "
+                "cross-validations cannot be fitted), "
                 "apparent AUC minus the mean of (AUC on the sample − AUC on the training set).")
 
     def table4(self) -> None:

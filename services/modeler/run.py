@@ -84,7 +84,7 @@ def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortDa
         "versions": versions("model"),
         "inputs": {d.cohort: d.input_keys for d in [train, *tests]},
         "models": model.model_names, "thresholds": model.thresholds_,
-        "thresholds_from": f"out-of-fold predictions, {model.threshold_folds} folds",
+        "thresholds_from": model.thresholds_from_,
         "optimism": None if optimism is None else {
             "bootstraps": optimism.bootstraps, "used": optimism.used, "seed": optimism.seed,
             "auc_optimism": optimism.optimism},

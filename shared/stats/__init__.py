@@ -1,7 +1,8 @@
-"""Statistics for the modeler: DeLong ROC, decision curves, Hosmer-Lemeshow, calibration,
-threshold metrics."""
+"""Statistics for the modeler: DeLong ROC, decision curves, Hosmer-Lemeshow, threshold metrics.
 
-from dtlr.shared.stats.calibration import Calibration, calibration_intercept_slope
+Calibration intercept and slope live in :mod:`dtlr.shared.stats.calibration`, imported from there
+(statsmodels' GLM, which the GPU worker, a user of this package, need not load)."""
+
 from dtlr.shared.stats.dca import decision_curve, risk_from_score
 from dtlr.shared.stats.delong import (
     DelongPlacements,
@@ -20,14 +21,12 @@ from dtlr.shared.stats.metrics import (
 )
 
 __all__ = [
-    "Calibration",
     "DelongPlacements",
     "DelongTest",
     "Estimate",
     "HosmerLemeshow",
     "RocAuc",
     "binary_metrics",
-    "calibration_intercept_slope",
     "decision_curve",
     "delong_placements",
     "delong_test",

@@ -27,7 +27,8 @@ from dtlr.services.modeler.run import run_modeler
 from dtlr.shared.config import Settings
 from dtlr.shared.manifest import register
 from dtlr.shared.stage import InputError
-from dtlr.shared.stats import calibration_intercept_slope, roc_auc_delong, youden_threshold
+from dtlr.shared.stats import roc_auc_delong, youden_threshold
+from dtlr.shared.stats.calibration import calibration_intercept_slope
 from dtlr.shared.store import Store
 from tests.cluster import BIN
 from tests.synthetic.cohorts import DATA_ROOTS, build_store
@@ -189,7 +190,7 @@ def test_dtlr_model_completes_with_undefined_statistics_explained(store: Path,
 
 def test_a_training_cohort_too_small_for_cross_validation_is_refused(store: Path) -> None:
     data = load_cohort(Store(store), "D", None)
-    with pytest.raises(InputError, match="at least 2 of each grade"):
+    with pytest.raises(InputError, match="at least 3 of each grade"):
         DTLRModel(n_jobs=1).fit(data.X, data.y)
 
 
@@ -200,3 +201,15 @@ def test_run_modeler_without_bootstrap_says_so(store: Path) -> None:
     html = result.report_path.read_text(encoding="utf-8")
     assert "no bootstrap optimism correction was run" in html
     assert "auc_corrected" not in set(result.metrics["metric"])
+
+
+def test_a_cohort_too_small_for_out_of_fold_refits_says_its_thresholds_are_in_sample(
+        store: Path) -> None:
+    data = load_cohort(Store(store), "A", None)
+    rows = np.r_[np.flatnonzero(data.y == 0)[:3], np.flatnonzero(data.y == 1)[:20]]
+    model = DTLRModel(n_jobs=1).fit(data.X.iloc[rows], data.y[rows])
+    assert model.thresholds_from_.startswith("in-sample predictions: the out-of-fold refits "
+                                             "could not be fitted (the training cohort has 2")
+    apparent = model.predict_proba_models(data.X.iloc[rows])
+    assert model.thresholds_["nomogram"] == youden_threshold(data.y[rows], apparent["nomogram"])
+    assert not hasattr(model, "oof_proba_")
