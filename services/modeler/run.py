@@ -50,7 +50,8 @@ class RunResult:
     table3: pd.DataFrame  # one row per (cohort, model): value and CI of each metric
     metrics: pd.DataFrame  # the long table written to runs/<run_id>/metrics.parquet
     model: DTLRModel
-    seconds: dict[str, float]  # wall time per phase: load, fit, evaluate, save, report, total
+    seconds: dict[str, float]  # wall time per phase: load, fit, optimism, evaluate, save, report,
+    # total
 
 
 def _model_description(model: DTLRModel, train: CohortData, tests: list[CohortData],
@@ -150,11 +151,12 @@ def run_modeler(
 
     model = DTLRModel.from_settings(settings).fit(train_data.X, train_data.y,
                                                   reader2=train_data.reader2)
+    clock.lap("fit")
     m = settings.modeler
     optimism = (bootstrap_optimism(model, train_data.X, train_data.y, train_data.reader2,
                                    m.optimism_bootstraps, settings.seed)
                 if m.optimism_bootstraps else None)
-    clock.lap("fit")
+    clock.lap("optimism")
     evaluations = [evaluate_cohort(model, d.X, d.y, d.cohort, role, m.hosmer_lemeshow_groups,
                                    m.calibration_bins, m.prevalence,
                                    optimism if role == "train" else None)
