@@ -137,8 +137,14 @@ def test_report_has_every_model_metric_and_figure(demo: DemoRun) -> None:
     for cohort in ("demo-hospitalA", "demo-hospitalB"):
         for model in ("clinical", "radiomics", "dtl", "nomogram"):
             for metric in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv",
-                           "hosmer_lemeshow_p"):
+                           "hosmer_lemeshow_p", "calibration_intercept", "calibration_slope"):
                 assert (cohort, model, metric) in have, (cohort, model, metric)
+            # Training AUCs are apparent, with Harrell's optimism-corrected value beside them.
+            assert ((cohort, model, "auc_corrected") in have) == (
+                cohort == "demo-hospitalA")
+    assert "Training set (demo-hospitalA), apparent" in report
+    assert "AUC, optimism-corrected" in report and "Calibration intercept and slope" in report
+    assert "cross-fitted" in report[:4000]  # the DTL features of training patients
     for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Formula 1", "Formula 2",
                     "Nomogram", "Calibration", "Decision curve", "ROC", "Grad-CAM"):
         assert heading in report, heading
