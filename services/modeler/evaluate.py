@@ -49,7 +49,8 @@ class CohortEvaluation:
     role: str  # "train" | "test"
     y: NDArray[np.int64]
     probs: pd.DataFrame  # index patient_id, one column per model
-    metrics: pd.DataFrame  # long: model, metric, value, ci_low, ci_high, numerator, denominator
+    metrics: pd.DataFrame  # long: model, metric, value, ci_low, ci_high, numerator, denominator,
+    # note (why a value is undefined; empty or NaN where it is defined)
     delong: pd.DataFrame  # model_a, model_b, auc_a, auc_b, z, p, diff_ci_low, diff_ci_high
     hosmer_lemeshow: dict[str, HosmerLemeshow | None]
     roc: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
@@ -65,8 +66,7 @@ class CohortEvaluation:
 
     def notes(self) -> list[str]:
         """Each distinct reason a statistic of this cohort is undefined."""
-        notes = self.metrics.get("note", pd.Series(dtype=object)).dropna()
-        return list(dict.fromkeys(n for n in notes if n))
+        return list(dict.fromkeys(n for n in self.metrics["note"].dropna() if n))
 
 
 def _grades(y: NDArray[np.int64]) -> str:
@@ -104,7 +104,7 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
     nan = float("nan")
     rows: list[dict[str, object]] = []
     hl, roc, cal = {}, {}, {}
-    dca = None
+    dca = pd.DataFrame({"threshold": DCA_THRESHOLDS, "treat_all": nan, "treat_none": nan})
     for m in probs.columns:
         p = probs[m].to_numpy()
         rows.extend(_auc_rows(m, y, p, undefined, optimism))
@@ -129,23 +129,18 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
             rows.append({"model": m, "metric": "hosmer_lemeshow_chi2", "value": hl[m].chi2,
                          "denominator": hl[m].df})
             rows.append({"model": m, "metric": "hosmer_lemeshow_p", "value": hl[m].p})
-        if undefined:
+        if undefined:  # curves too need both grades (decision curves: as dcurves)
             roc[m] = cal[m] = (np.array([]), np.array([]))
+            dca[m] = nan
         else:
             fpr, tpr, _ = roc_curve(y, p)
             roc[m] = (fpr, tpr)
             frac, mean_pred = calibration_curve(y, p, n_bins=calibration_bins,
                                                 strategy="quantile")
             cal[m] = (mean_pred, frac)
-        if dca is None:
-            dca = pd.DataFrame({"threshold": DCA_THRESHOLDS, "treat_all": nan,
-                                "treat_none": nan})
-        if not undefined:  # decision curves too need both grades (dcurves)
             curve = decision_curve(y, p, DCA_THRESHOLDS, prevalence=prevalence)
             dca[["treat_all", "treat_none"]] = curve[["treat_all", "treat_none"]].to_numpy()
             dca[m] = curve["net_benefit"].to_numpy()
-        else:
-            dca[m] = nan
     tests = []
     for a, b in itertools.combinations(probs.columns, 2):
         if undefined:
@@ -161,12 +156,8 @@ def evaluate_cohort(model: DTLRModel, X: pd.DataFrame, y: NDArray[np.int64], coh
         rows.append({"model": a, "metric": f"delong_p_vs_{b}", "value": t["p"], "note": note})
         rows.append({"model": b, "metric": f"delong_p_vs_{a}", "value": t["p"], "note": note})
     metrics = pd.DataFrame(rows)
-    if "note" not in metrics:
-        metrics["note"] = ""
-    metrics["note"] = metrics["note"].fillna("").astype(str)
     metrics.insert(0, "cohort", cohort)
     metrics.insert(1, "role", role)
-    assert dca is not None
     return CohortEvaluation(cohort, role, y, probs, metrics, pd.DataFrame(tests), hl, roc, cal,
                             dca, prevalence, optimism)
 

@@ -188,7 +188,7 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
         self.nomogram_ranges_ = np.column_stack([design.min().to_numpy(),
                                                  design.max().to_numpy()])
         self.nomogram_display_ranges_ = display_ranges(design)  # rms datadist's q.display
-        self.thresholds_from_ = "in-sample predictions"
+        train, self.thresholds_from_ = None, "in-sample predictions"
         if self.threshold_folds:
             try:
                 train = self.out_of_fold_proba(X, y, reader2)
@@ -196,10 +196,9 @@ class DTLRModel(ClassifierMixin, BaseEstimator):
                 self.thresholds_from_ = (f"out-of-fold predictions, "
                                          f"{min(self.threshold_folds, self.minority_)} folds")
             except (InputError, ValueError) as exc:  # a fold too small for the pipeline
-                train = self.predict_proba_models(X)
                 self.thresholds_from_ = (f"in-sample predictions: the out-of-fold refits "
                                          f"could not be fitted ({exc})")
-        else:
+        if train is None:
             train = self.predict_proba_models(X)
         self.thresholds_ = {m: youden_threshold(y, train[m]) for m in train.columns}
         return self

@@ -7,8 +7,9 @@ their own sections (the GPU stage: the CNN's own metrics and Grad-CAM overlays) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -283,19 +284,12 @@ class _Report:
     def table3(self) -> None:
         """Table 3: every metric with its 95% CI, per cohort and model."""
         self.h2("Table 3. Performance of the clinical, radiomics, DTL models and the nomogram")
-        t = self.inp.table3
-        rows, groups = [], {}
-        for (cohort, role), part in t.groupby(["cohort", "role"], sort=False):
-            groups[len(rows)] = cohort_title(role, cohort)
-            for r in part.itertuples():
-                corrected = (f"{r.auc_corrected:.4f}" if role == "train"
-                             and np.isfinite(r.auc_corrected) else "-")
-                rows.append([self.labels[r.model],
-                             fmt_ci(r.accuracy, r.accuracy_ci_low, r.accuracy_ci_high),
-                             fmt_ci(r.auc, r.auc_ci_low, r.auc_ci_high, 4), corrected,
-                             *[fmt_ci(getattr(r, k), getattr(r, f"{k}_ci_low"),
-                                      getattr(r, f"{k}_ci_high"))
-                               for k in ("sensitivity", "specificity", "ppv", "npv")]])
+        rows, groups = self.by_cohort(lambda r: [
+            fmt_ci(r.accuracy, r.accuracy_ci_low, r.accuracy_ci_high),
+            fmt_ci(r.auc, r.auc_ci_low, r.auc_ci_high, 4),
+            f"{r.auc_corrected:.4f}" if np.isfinite(r.auc_corrected) else "-",  # training only
+            *[fmt_ci(getattr(r, k), getattr(r, f"{k}_ci_low"), getattr(r, f"{k}_ci_high"))
+              for k in ("sensitivity", "specificity", "ppv", "npv")]])
         self.parts.append(html_table(["", "Accuracy (95% CI)", "AUC (95% CI)",
                                   "AUC, optimism-corrected", "Sensitivity (95% CI)",
                                   "Specificity (95% CI)", "PPV (95% CI)", "NPV (95% CI)"],
@@ -308,6 +302,17 @@ class _Report:
                 self.p(f"{cohort_title(ev.role, ev.cohort)}: undefined (-) where {note}.",
                        "note")
         self.p(self.prevalence_note("ppv"))
+
+    def by_cohort(self, cells: Callable[[Any], list[str]]
+                  ) -> tuple[list[list[str]], dict[int, str]]:
+        """Table 3's rows, one per model under a heading per cohort: the model's label, then
+        ``cells(row)``; and the headings for :func:`html_table`'s ``groups``."""
+        rows: list[list[str]] = []
+        groups: dict[int, str] = {}
+        for (cohort, role), part in self.inp.table3.groupby(["cohort", "role"], sort=False):
+            groups[len(rows)] = cohort_title(role, cohort)
+            rows.extend([self.labels[r.model], *cells(r)] for r in part.itertuples())
+        return rows, groups
 
     def optimism_note(self) -> str:
         """How the training AUCs were corrected for optimism, or that they were not."""
@@ -359,16 +364,10 @@ class _Report:
     def calibration(self) -> None:
         """Calibration intercept and slope with 95% CIs per model and cohort."""
         self.h2("Calibration intercept and slope")
-        t = self.inp.table3
-        rows, groups = [], {}
-        for (cohort, role), part in t.groupby(["cohort", "role"], sort=False):
-            groups[len(rows)] = cohort_title(role, cohort)
-            for r in part.itertuples():
-                rows.append([self.labels[r.model],
-                             fmt_ci(r.calibration_intercept, r.calibration_intercept_ci_low,
-                                    r.calibration_intercept_ci_high),
-                             fmt_ci(r.calibration_slope, r.calibration_slope_ci_low,
-                                    r.calibration_slope_ci_high)])
+        rows, groups = self.by_cohort(lambda r: [
+            fmt_ci(r.calibration_intercept, r.calibration_intercept_ci_low,
+                   r.calibration_intercept_ci_high),
+            fmt_ci(r.calibration_slope, r.calibration_slope_ci_low, r.calibration_slope_ci_high)])
         self.parts.append(html_table(["", "Intercept (95% CI)", "Slope (95% CI)"], rows,
                                      groups=groups))
         self.p("Slope: b of logit P(high grade) = a + b · logit(risk) (1 is ideal; below 1 the "
